@@ -1,0 +1,39 @@
+# bcsub: `make demo` and `make test` do all set-up on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BCSUB := $(VENV)/bin/bcsub
+DEMO := demo_run
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: install demo test test-fast lint bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+# Train -> package -> local-score on the embedded sample (a few minutes on 2 CPU cores).
+demo: install
+	$(BCSUB) train --data data/sample/train.npz --preset demo --out $(DEMO)/run
+	$(BCSUB) package $(DEMO)/run --out $(DEMO)/submission.zip
+	$(BCSUB) local-score $(DEMO)/submission.zip --data data/sample/test.npz --severities 3 \
+		--json $(DEMO)/score.json --report $(DEMO)/report
+
+test: install
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+bench: install
+	@for script in bench/bench_*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+
+clean:
+	rm -rf $(DEMO) .pytest_cache

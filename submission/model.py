@@ -1,0 +1,276 @@
+"""bcsub CodaBench runtime: the ``model.py`` that ships in the submission zip.
+
+This one file is copied verbatim into the zip. The training code and the tests import it too, so the
+network, the preprocessing and the test-time augmentation (TTA) that run on CodaBench are the ones that
+were trained and tested. It imports only numpy, tensorflow and keras, and keeps to APIs that exist in
+Keras 3.4 / TensorFlow 2.17 (the likely CodaBench server).
+
+Files next to this one (written by ``bcsub package``):
+- ``bcsub_submission.json``: the members, their ensemble weights, the TTA views and the batch size;
+- ``member_K.weights.npz``: the weights of member K, in ``model.get_weights()`` order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import layers
+
+NUM_CLASSES = 8
+IMAGE_SHAPE = (96, 96, 3)
+MANIFEST_NAME = "bcsub_submission.json"
+WEIGHTS_FORMAT = "bcsub-weights-v1"
+DEFAULT_BATCH_SIZE = 256
+
+# name -> (keras.applications constructor, pixel preprocessing, default input size).
+# "raw": the keras model rescales 0..255 itself; "tf": scale to [-1, 1]; "unit": scale to [0, 1].
+BACKBONES: dict[str, tuple[str, str, int]] = {
+    "tinycnn": ("", "unit", 48),
+    "resnet-small": ("", "unit", 64),
+    "mobilenetv3small": ("MobileNetV3Small", "raw", 96),
+    "mobilenetv3large": ("MobileNetV3Large", "raw", 96),
+    "efficientnetb0": ("EfficientNetB0", "raw", 96),
+    "efficientnetv2b0": ("EfficientNetV2B0", "raw", 96),
+    "efficientnetv2s": ("EfficientNetV2S", "raw", 96),
+    "efficientnetv2m": ("EfficientNetV2M", "raw", 96),
+    "convnexttiny": ("ConvNeXtTiny", "raw", 96),
+    "convnextsmall": ("ConvNeXtSmall", "raw", 96),
+    "xception": ("Xception", "tf", 96),
+    "resnet50v2": ("ResNet50V2", "tf", 96),
+    "nasnetmobile": ("NASNetMobile", "tf", 96),
+}
+
+
+# --------------------------------------------------------------------------- network
+
+
+def _conv_bn(x, filters: int, stride: int = 1, relu: bool = True):
+    """3x3 convolution, batch norm and (optionally) ReLU."""
+    x = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False)(x)
+    x = layers.BatchNormalization()(x)
+    return layers.Activation("relu")(x) if relu else x
+
+
+def _residual_block(x, filters: int, stride: int):
+    shortcut = x
+    y = _conv_bn(x, filters, stride)
+    y = _conv_bn(y, filters, relu=False)
+    if stride != 1 or shortcut.shape[-1] != filters:
+        shortcut = layers.Conv2D(filters, 1, strides=stride, use_bias=False)(shortcut)
+        shortcut = layers.BatchNormalization()(shortcut)
+    return layers.Activation("relu")(layers.Add()([y, shortcut]))
+
+
+def _small_resnet(input_shape: tuple[int, int, int], widths: tuple[int, ...]) -> keras.Model:
+    """A compact ResNet for training from scratch on CPU (``resnet-small`` is about 1.2M weights).
+
+    The stride-2 stem keeps it cheap (about 60M multiply-adds at 64 px), so 8-view TTA stays fast on CPU.
+    """
+    inputs = keras.Input(input_shape)
+    x = _conv_bn(inputs, widths[0], stride=2)
+    for i, filters in enumerate(widths):
+        x = _residual_block(x, filters, stride=1 if i == 0 else 2)
+    return keras.Model(inputs, x, name="backbone")
+
+
+def build_backbone(name: str, input_shape: tuple[int, int, int], weights: str | None) -> keras.Model:
+    """The feature extractor (no head) named ``backbone``; ``weights`` is None, 'imagenet' or a path."""
+    constructor, _, _ = BACKBONES[name]
+    if name == "tinycnn":
+        return _small_resnet(input_shape, (8, 16, 32))
+    if name == "resnet-small":
+        return _small_resnet(input_shape, (32, 64, 128, 256))
+    build = getattr(keras.applications, constructor)
+    model = build(include_top=False, weights=weights, input_shape=input_shape, pooling=None)
+    model.name = "backbone"
+    return model
+
+
+def build_network(spec: dict, weights: str | None = None, l2: float = 0.0) -> keras.Model:
+    """Classifier taking raw 0..255 pixels (n, 96, 96, 3): resize, preprocess, backbone, head."""
+    name = spec["backbone"]
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}")
+    _, preprocessing, default_size = BACKBONES[name]
+    size = int(spec.get("image_size") or default_size)
+    inputs = keras.Input(IMAGE_SHAPE, name="pixels")
+    x = inputs
+    if size != IMAGE_SHAPE[0]:
+        x = layers.Resizing(size, size, interpolation="bilinear", name="resize")(x)
+    if preprocessing == "tf":
+        x = layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess")(x)
+    elif preprocessing == "unit":
+        x = layers.Rescaling(1 / 255.0, name="preprocess")(x)
+    x = build_backbone(name, (size, size, 3), weights)(x)
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    x = layers.Dropout(float(spec.get("dropout", 0.3)), name="dropout")(x)
+    regularizer = keras.regularizers.L2(l2) if l2 else None
+    x = layers.Dense(int(spec.get("num_classes", NUM_CLASSES)), kernel_regularizer=regularizer,
+                     name="logits")(x)
+    outputs = layers.Activation("softmax", dtype="float32", name="probs")(x)
+    return keras.Model(inputs, outputs, name=f"bcsub_{name.replace('-', '_')}")
+
+
+def save_weights(model: keras.Model, path: str) -> None:
+    """Save weights as a plain npz in ``get_weights()`` order (loads in any Keras 3 version)."""
+    arrays = {f"w{i:04d}": np.asarray(w, dtype=np.float32) for i, w in enumerate(model.get_weights())}
+    with open(path, "wb") as handle:
+        np.savez(handle, **arrays)
+
+
+def load_weights(model: keras.Model, path: str) -> None:
+    with np.load(path, allow_pickle=False) as data:
+        arrays = [data[f"w{i:04d}"] for i in range(len(data.files))]
+    expected = len(model.get_weights())
+    if len(arrays) != expected:
+        raise ValueError(f"{path}: {len(arrays)} weight arrays, the network has {expected}")
+    model.set_weights(arrays)
+
+
+def load_member(directory: str, entry: dict) -> keras.Model:
+    model = build_network(entry["spec"])
+    load_weights(model, os.path.join(directory, entry["weights"]))
+    return model
+
+
+# --------------------------------------------------------------------------- test-time augmentation
+
+
+def _blur(x):
+    kernel = tf.constant([1.0, 2.0, 1.0]) / 4.0
+    kernel = tf.tile(tf.reshape(tf.tensordot(kernel, kernel, axes=0), (3, 3, 1, 1)), (1, 1, 3, 1))
+    padded = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="REFLECT")
+    return tf.nn.depthwise_conv2d(padded, kernel, strides=(1, 1, 1, 1), padding="VALID")
+
+
+def _contrast(x, factor: float):
+    mean = tf.reduce_mean(x, axis=(1, 2, 3), keepdims=True)
+    return tf.clip_by_value((x - mean) * factor + mean, 0.0, 255.0)
+
+
+def _saturation(x, factor: float):
+    gray = tf.reduce_mean(x, axis=-1, keepdims=True)
+    return tf.clip_by_value((x - gray) * factor + gray, 0.0, 255.0)
+
+
+VIEWS = {
+    "identity": lambda x: x,
+    "rot90": lambda x: tf.image.rot90(x, 1),
+    "rot180": lambda x: tf.image.rot90(x, 2),
+    "rot270": lambda x: tf.image.rot90(x, 3),
+    "flip_lr": tf.image.flip_left_right,
+    "flip_ud": tf.image.flip_up_down,
+    "transpose": tf.image.transpose,
+    "transverse": lambda x: tf.image.rot90(tf.image.transpose(x), 2),
+    "bright_up": lambda x: tf.clip_by_value(x + 16.0, 0.0, 255.0),
+    "bright_down": lambda x: tf.clip_by_value(x - 16.0, 0.0, 255.0),
+    "contrast_up": lambda x: _contrast(x, 1.25),
+    "contrast_down": lambda x: _contrast(x, 0.8),
+    "saturation_down": lambda x: _saturation(x, 0.7),
+    "blur": _blur,
+}
+DIHEDRAL_VIEWS = ("identity", "rot90", "rot180", "rot270", "flip_lr", "flip_ud", "transpose", "transverse")
+
+
+def tta_views(views: list[str] | tuple[str, ...] | int) -> tuple[str, ...]:
+    """Resolve a view list, or a count k (the first k dihedral views), to view names."""
+    if isinstance(views, int):
+        if not 1 <= views <= len(DIHEDRAL_VIEWS):
+            raise ValueError(f"TTA view count {views} must be 1..{len(DIHEDRAL_VIEWS)}")
+        return DIHEDRAL_VIEWS[:views]
+    unknown = [v for v in views if v not in VIEWS]
+    if unknown or not views:
+        raise ValueError(f"unknown TTA views {unknown}; known: {', '.join(VIEWS)}")
+    return tuple(views)
+
+
+def check_pixels(X) -> np.ndarray:
+    """Return X as an ndarray after checking it is (n, 96, 96, 3) of 0..255 numbers."""
+    X = np.asarray(X)
+    if X.ndim != 4 or X.shape[1:] != IMAGE_SHAPE:
+        raise ValueError(f"expected images of shape (n, 96, 96, 3), got {X.shape}")
+    if X.dtype.kind not in "uif" and X.dtype != np.bool_:
+        raise ValueError(f"expected uint8 or float pixels 0..255, got dtype {X.dtype}")
+    return X
+
+
+def _as_float_chunk(chunk: np.ndarray) -> np.ndarray:
+    chunk = chunk.astype(np.float32, copy=False)
+    if chunk.size and (not np.isfinite(chunk).all() or chunk.min() < 0 or chunk.max() > 255):
+        raise ValueError("pixel values must be finite numbers in 0..255 (got NaN, inf or out of range)")
+    return chunk
+
+
+class TTAEnsemble:
+    """Softmax average over ensemble members and TTA views, run chunk by chunk.
+
+    Each chunk of images is expanded to all its views and sent through every member in one batched
+    call, so memory stays flat whatever n is, and no image is ever predicted on its own.
+    """
+
+    def __init__(self, models: list, member_weights: list[float] | None = None,
+                 views: list[str] | tuple[str, ...] | int = ("identity",),
+                 batch_size: int = DEFAULT_BATCH_SIZE):
+        self.models = list(models)
+        weights = np.asarray(member_weights or [1.0] * len(self.models), dtype=np.float32)
+        if len(weights) != len(self.models) or weights.sum() <= 0 or (weights < 0).any():
+            raise ValueError("member weights must be non-negative, one per member, not all zero")
+        self.member_weights = weights / weights.sum()
+        self.views = tta_views(views)
+        self.chunk_size = max(1, int(batch_size) // len(self.views))
+        self._predict_chunk = tf.function(
+            self._chunk_probabilities,
+            input_signature=[tf.TensorSpec([None, *IMAGE_SHAPE], tf.float32)],
+            reduce_retracing=True,
+        )
+
+    def _chunk_probabilities(self, x):
+        n = tf.shape(x)[0]
+        batch = tf.concat([VIEWS[v](x) for v in self.views], axis=0)
+        total = tf.zeros((n, NUM_CLASSES), tf.float32)
+        for model, weight in zip(self.models, self.member_weights):
+            probs = tf.cast(model(batch, training=False), tf.float32)
+            probs = tf.reshape(probs, (len(self.views), n, NUM_CLASSES))
+            total += float(weight) * tf.reduce_mean(probs, axis=0)
+        return total
+
+    def predict_proba(self, X) -> np.ndarray:
+        X = check_pixels(X)
+        out = np.zeros((len(X), NUM_CLASSES), np.float32)
+        for start in range(0, len(X), self.chunk_size):
+            chunk = _as_float_chunk(X[start:start + self.chunk_size])
+            out[start:start + len(chunk)] = self._predict_chunk(tf.constant(chunk)).numpy()
+        return out
+
+    def predict(self, X) -> np.ndarray:
+        return np.argmax(self.predict_proba(X), axis=1).astype(np.int64)
+
+
+def load_ensemble(directory: str) -> TTAEnsemble:
+    """Load the members and TTA settings described by ``bcsub_submission.json`` in ``directory``."""
+    with open(os.path.join(directory, MANIFEST_NAME)) as handle:
+        manifest = json.load(handle)
+    members = manifest["members"]
+    return TTAEnsemble(
+        [load_member(directory, entry) for entry in members],
+        [float(entry.get("weight", 1.0)) for entry in members],
+        manifest["tta"]["views"],
+        int(manifest.get("batch_size", DEFAULT_BATCH_SIZE)),
+    )
+
+
+class Model:
+    """CodaBench entry point: ``Model().predict(X)`` -> int labels (n,) in 0..7."""
+
+    def __init__(self):
+        self.ensemble = load_ensemble(os.path.dirname(os.path.abspath(__file__)))
+
+    def predict(self, X) -> np.ndarray:
+        return self.ensemble.predict(X)
+
+    def predict_proba(self, X) -> np.ndarray:
+        return self.ensemble.predict_proba(X)

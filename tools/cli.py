@@ -1,0 +1,250 @@
+"""The `bcsub` command line: train, package, check, local-score, inspect, clean, augment-preview."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import typer  # noqa: E402
+
+from train.errors import BcsubError  # noqa: E402
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Train, package and locally score AN2DL blood-cell submissions for CodaBench.")
+
+
+def _split_csv(value: str, cast=str) -> tuple:
+    try:
+        return tuple(cast(v.strip()) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise BcsubError(f"cannot read '{value}' as a comma-separated list") from None
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Option(help="Training data: AN2DL/PBC96 npz or a class-folder tree")],
+    out: Annotated[Path, typer.Option(help="Run dir to write (re-running the same command resumes)")],
+    val: Annotated[Path | None, typer.Option(help="Validation npz; default: a stratified hold-out")] = None,
+    preset: Annotated[str | None, typer.Option(help="demo | cpu | gpu: a recipe; options below override it")] = None,
+    backbone: Annotated[str | None, typer.Option(help="Backbone name, or a comma list for an ensemble")] = None,
+    weights: Annotated[str | None, typer.Option(help="imagenet | none | PATH to a no-top weights file")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs (stage 1, or the only stage from scratch)")] = None,
+    fine_tune_epochs: Annotated[int | None, typer.Option(help="Stage-2 epochs (pretrained only)")] = None,
+    fine_tune_layers: Annotated[int | None, typer.Option(help="Top backbone layers unfrozen in stage 2")] = None,
+    image_size: Annotated[int | None, typer.Option(help="Resize inside the model to this size")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Batch size per replica")] = None,
+    learning_rate: Annotated[float | None, typer.Option(help="Peak learning rate (stage 1)")] = None,
+    augment: Annotated[str | None, typer.Option(help="none | v1 | v2 | v3 | hybrid")] = None,
+    balance: Annotated[int | None, typer.Option(help="Oversample every class to N images per epoch")] = None,
+    class_weights: Annotated[bool | None, typer.Option(help="Weight the loss by inverse class frequency")] = None,
+    members: Annotated[int | None, typer.Option(help="Ensemble members (different seeds)")] = None,
+    folds: Annotated[int | None, typer.Option(help="Stratified k-fold members (saves out-of-fold predictions)")] = None,
+    limit: Annotated[int | None, typer.Option(help="Use about N images (stratified) for quick runs")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed")] = None,
+    patience: Annotated[int | None, typer.Option(help="Early-stopping patience (epochs)")] = None,
+    clean: Annotated[bool | None, typer.Option(help="Remove outliers and duplicates first (see inspect)")] = None,
+    multi_worker: Annotated[bool | None, typer.Option(help="MultiWorkerMirroredStrategy from TF_CONFIG")] = None,
+) -> None:
+    """Train a model (or an ensemble) into a run dir."""
+    options = {k: (str(v) if isinstance(v, Path) else v) for k, v in locals().items() if k != "preset"}
+    from tools.display import console, per_class_table, training_table
+    from train.config import TrainConfig
+    from train.ensemble import run_training
+
+    cfg = TrainConfig.from_options(preset, **options)
+    console.print(f"[bold]bcsub train[/] {cfg.backbone} weights={cfg.weights} augment={cfg.augment} "
+                  f"epochs={cfg.epochs} -> {cfg.out}")
+    results = run_training(cfg)
+    console.print(training_table(results))
+    if len(results) == 1:
+        console.print(per_class_table(results[0].metrics, "Validation per class"))
+    console.print(f"run dir: {cfg.out}  (next: bcsub package {cfg.out} --out submission.zip)")
+
+
+@app.command()
+def package(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run dirs from `bcsub train` (several = ensemble)")],
+    out: Annotated[Path, typer.Option(help="The zip to write")] = Path("submission.zip"),
+    tta: Annotated[str, typer.Option(help="auto | 1..8 dihedral views | a view-set name | comma list")] = "auto",
+    val: Annotated[Path | None, typer.Option(help="Validation npz for --tta auto (default: the run's)")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images x views per forward pass in model.py")] = 256,
+    check_env: Annotated[bool, typer.Option(help="Also validate under tensorflow 2.17 / keras 3.4.1")] = False,
+) -> None:
+    """Build the CodaBench zip and validate it in a fresh process."""
+    from tools.display import checks_table, console, tta_table
+    from tools.package import PackageOptions
+    from tools.package import package as build
+
+    options = PackageOptions([str(p) for p in run_dirs], str(out), tta, str(val) if val else None, batch_size,
+                             check_env)
+    report = build(options, progress=lambda msg: console.print(f"[dim]{msg}[/]"))
+    if report.tta:
+        console.print(tta_table(report.tta))
+    for note in report.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    console.print(checks_table(report.validation, "Validation (fresh process)"))
+    if report.compat:
+        versions = ", ".join(f"{k} {v}" for k, v in report.compat.versions.items())
+        console.print(checks_table(report.compat, f"Validation under the server's versions ({versions})"))
+    size_mb = report.zip_path.stat().st_size / 2**20
+    console.print(f"[bold green]wrote {report.zip_path}[/] ({size_mb:.1f} MB, {len(report.members)} member(s), "
+                  f"{len(report.views)} TTA views, {report.validation.seconds_per_1000:.1f} s per 1,000 images)")
+
+
+@app.command()
+def check(
+    zip_path: Annotated[Path, typer.Argument(help="A submission zip")],
+    env: Annotated[bool, typer.Option("--env", help="Also run it under tensorflow 2.17 / keras 3.4.1")] = False,
+) -> None:
+    """Validate an existing submission zip (layout, imports, fresh-process run, speed)."""
+    from tools.display import checks_table, console
+    from tools.package import PROBE_IMAGES, validate_zip
+    from train.data import load_dataset
+
+    sample = Path(__file__).resolve().parent.parent / "data" / "sample" / "test.npz"
+    probe = load_dataset(sample).images[:PROBE_IMAGES] if sample.is_file() else None
+    if probe is None:
+        import numpy as np
+
+        probe = np.random.default_rng(0).integers(0, 256, (PROBE_IMAGES, 96, 96, 3), dtype=np.uint8)
+    report, compat = validate_zip(zip_path, probe, None, check_env=env)
+    console.print(checks_table(report, f"{zip_path}"))
+    if compat:
+        console.print(checks_table(compat, "under tensorflow 2.17 / keras 3.4.1"))
+    if not report.ok or (compat and not compat.ok):
+        failed = (report.failures() or compat.failures())[0]
+        raise BcsubError(f"{zip_path}: failed '{failed.name}': {failed.detail}")
+    console.print(f"[bold green]{zip_path} passed[/] ({report.seconds_per_1000:.1f} s per 1,000 images)")
+
+
+@app.command("local-score")
+def local_score(
+    zips: Annotated[list[Path], typer.Argument(help="Submission zip(s); several are compared side by side")],
+    data: Annotated[Path, typer.Option(help="Labelled test data (npz or class folders)")],
+    suite: Annotated[str, typer.Option(help="Comma list of clean, corruptions, an2dl")] = "clean,corruptions,an2dl",
+    severities: Annotated[str, typer.Option(help="Comma list of severities 1..5")] = "1,2,3,4,5",
+    time_limit: Annotated[float, typer.Option(help="Seconds the submission may run (CodaBench: 600)")] = 600,
+    python: Annotated[Path | None, typer.Option(help="Run the submission under this interpreter")] = None,
+    limit: Annotated[int, typer.Option(help="Score on about N images (stratified); 0 = all")] = 0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write every number to this JSON file")] = None,
+    report: Annotated[Path | None, typer.Option(help="Write PNG plots and index.html into this folder")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the shifted variants")] = 0,
+) -> None:
+    """Run zips like the CodaBench ingestion and score them on clean and shifted data."""
+    from tools.display import console, per_class_table, scores_table
+    from tools.local_score import ScoreOptions, to_json
+    from tools.local_score import local_score as run
+    from train.atomic import write_json
+
+    options = ScoreOptions([str(z) for z in zips], str(data), _split_csv(suite), _split_csv(severities, int),
+                           time_limit, str(python) if python else None, limit, seed)
+    with console.status("running the submission(s) on clean and shifted data"):
+        dataset, results = run(options)
+    for r in results:
+        if r.run.error:
+            console.print(f"[red]{r.zip_path}: {r.run.status}[/]\n{r.run.error}")
+    scored = [r for r in results if r.scores]
+    if scored:
+        console.print(scores_table(scored))
+        if "clean" in scored[0].scores:
+            console.print(per_class_table(scored[0].scores["clean"], f"{scored[0].zip_path}: clean, per class"))
+    if json_out:
+        write_json(json_out, to_json(dataset, results))
+        console.print(f"wrote {json_out}")
+    if report and scored:
+        from tools.score_report import write_report
+
+        index = write_report(dataset, scored, report, options.seed)
+        console.print(f"wrote {index}")
+    if any(not r.run.ok for r in results):
+        raise typer.Exit(1)
+
+
+@app.command("augment-preview")
+def augment_preview(
+    data: Annotated[Path, typer.Option(help="Images to show (npz or class folders)")],
+    out: Annotated[Path, typer.Option(help="PNG to write")] = Path("augment_preview.png"),
+    preset: Annotated[str, typer.Option(help="none | v1 | v2 | v3 | hybrid")] = "hybrid",
+    n_images: Annotated[int, typer.Option(help="Rows (images)")] = 8,
+    seed: Annotated[int, typer.Option(help="Random seed")] = 0,
+) -> None:
+    """Write a grid showing what an augmentation preset does."""
+    from tools.display import console
+    from train.augment import preview_grid
+    from train.data import load_dataset
+
+    dataset = load_dataset(data, require_all_classes=False)
+    path = preview_grid(dataset.images, preset, out, n_images=n_images, seed=seed)
+    console.print(f"wrote {path}")
+
+
+@app.command()
+def inspect(
+    data: Annotated[Path, typer.Argument(help="Dataset to inspect (npz or class folders)")],
+    out: Annotated[Path, typer.Option(help="Folder for report.json and PNG grids")] = Path("inspect_report"),
+    near_threshold: Annotated[int, typer.Option(help="Max Hamming distance of near-duplicates (0-64)")] = 4,
+) -> None:
+    """Report class counts, duplicates, label conflicts and outliers, with pictures."""
+    from tools.display import console
+    from tools.inspect_report import write_inspection
+    from train.cleaning import inspect_arrays
+    from train.data import load_dataset
+
+    dataset = load_dataset(data, require_all_classes=False)
+    with console.status(f"inspecting {len(dataset)} images"):
+        result = inspect_arrays(dataset.images, dataset.labels, near_threshold=near_threshold)
+        path = write_inspection(result, dataset.images, dataset.labels, out)
+    console.print(f"classes: {result.class_counts} (imbalance {result.imbalance_ratio:.2f}x)")
+    console.print(f"exact duplicate groups: {len(result.exact_groups)} "
+                  f"({sum(len(g) for g in result.exact_groups)} images); near-duplicate groups: "
+                  f"{len(result.near_groups)}; label conflicts: {len(result.conflict_groups)}; "
+                  f"outliers: {len(result.outlier_indices)}")
+    console.print(f"wrote {path}")
+
+
+@app.command()
+def clean(
+    data: Annotated[Path, typer.Argument(help="Dataset to clean (npz or class folders)")],
+    out: Annotated[Path, typer.Option(help="Cleaned npz to write")] = Path("clean.npz"),
+    dry_run: Annotated[bool, typer.Option(help="Only report what would be removed")] = False,
+    near_threshold: Annotated[int, typer.Option(help="Max Hamming distance of near-duplicates (0-64)")] = 4,
+) -> None:
+    """Remove outliers and duplicate copies; writes a manifest of every removed image."""
+    from collections import Counter
+
+    from tools.display import console
+    from tools.inspect_report import write_clean_npz
+    from train.cleaning import inspect_arrays, plan_cleaning
+    from train.data import load_dataset
+
+    dataset = load_dataset(data, require_all_classes=False)
+    result = inspect_arrays(dataset.images, dataset.labels, near_threshold=near_threshold)
+    plan = plan_cleaning(result, dataset.labels, len(dataset))
+    reasons = Counter(item["reason"] for item in plan.removed)
+    console.print(f"keep {int(plan.keep.sum())} of {len(dataset)}; remove {len(plan.removed)}: {dict(reasons)}")
+    if dry_run:
+        console.print("dry run: nothing written")
+        return
+    manifest = out.with_suffix(".removed.json")
+    write_clean_npz(dataset.images, dataset.labels, plan, out, manifest)
+    console.print(f"wrote {out} and {manifest}")
+
+
+def main() -> None:
+    """Entry point: one-line errors (exit 2) for bad input instead of tracebacks."""
+    try:
+        app()
+    except BcsubError as err:
+        typer.secho(f"error: {err}", fg="red", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.secho("interrupted: re-run the same command to resume", fg="yellow", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""Rich tables for the CLI: training summary, package report, local scores."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def training_table(results) -> Table:
+    table = Table(title="Training summary")
+    for column in ("member", "backbone", "seed", "val acc", "val macro-F1"):
+        table.add_column(column)
+    for r in results:
+        table.add_row(r.name, r.backbone, str(r.seed), _pct(r.metrics["accuracy"]), _pct(r.metrics["macro_f1"]))
+    return table
+
+
+def per_class_table(metrics: dict, title: str) -> Table:
+    table = Table(title=title)
+    for column in ("class", "precision", "recall", "F1", "n"):
+        table.add_column(column)
+    for row in metrics["per_class"]:
+        table.add_row(row["name"], _pct(row["precision"]), _pct(row["recall"]), _pct(row["f1"]),
+                      str(row["support"]))
+    return table
+
+
+def tta_table(choice) -> Table:
+    table = Table(title="TTA choice (validation accuracy, clean and shifted)")
+    for column in ("views", "n", "members", "clean", "shifted", "score", ""):
+        table.add_column(column)
+    for row in choice.table:
+        table.add_row(row["name"], str(row["views"]), row["weighting"], _pct(row["clean"]), _pct(row["shifted"]),
+                      _pct(row["score"]), "<- chosen" if row.get("chosen") else "")
+    return table
+
+
+def checks_table(report, title: str) -> Table:
+    table = Table(title=title)
+    for column in ("check", "result", "detail"):
+        table.add_column(column)
+    for check in report.checks:
+        mark = "[green]ok[/]" if check.ok else ("[yellow]warn[/]" if check.warning else "[red]FAIL[/]")
+        table.add_row(check.name, mark, check.detail)
+    return table
+
+
+def scores_table(results) -> Table:
+    """One row per variant, one column per submission (side by side when several)."""
+    table = Table(title="Local score (accuracy; macro-F1 for clean)")
+    table.add_column("variant")
+    for r in results:
+        table.add_column(r.zip_path.split("/")[-1])
+    variants = results[0].variants
+    rows = [("clean macro-F1", [_pct(r.summary.get("clean_macro_f1")) for r in results])]
+    for v in variants:
+        rows.append((v.name, [_pct(r.scores.get(v.name, {}).get("accuracy")) for r in results]))
+    for suite in ("corruptions", "an2dl"):
+        if any(suite in r.summary.get("suite_mean_accuracy", {}) for r in results):
+            rows.append((f"mean {suite}", [_pct(r.summary["suite_mean_accuracy"].get(suite)) for r in results]))
+    rows.append(("mean over shifts", [_pct(r.summary.get("shift_mean_accuracy")) for r in results]))
+    rows.append(("[bold]expected hidden score[/]", [
+        f"[bold]{_pct(r.summary.get('expected_hidden_accuracy'))}[/] "
+        f"({_pct(r.summary['ci95'][0])}-{_pct(r.summary['ci95'][1])})" if r.summary.get("ci95") else "-"
+        for r in results]))
+    rows.append(("init / predict s", [f"{r.summary.get('init_seconds') or 0:.1f} / "
+                                      f"{r.summary.get('predict_seconds') or 0:.1f}" for r in results]))
+    rows.append(("images/s", [f"{r.summary.get('images_per_second') or 0:.0f}" for r in results]))
+    rows.append(("peak memory MB", [f"{r.summary.get('peak_rss_mb') or 0:.0f}" for r in results]))
+    for name, values in rows:
+        table.add_row(name, *values)
+    return table
+

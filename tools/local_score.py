@@ -1,0 +1,144 @@
+"""`bcsub local-score`: run a submission zip like CodaBench does and score it on clean and shifted data."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tools.corruptions import SEVERITIES, SUITES, Variant, apply_variant, plan_variants
+from tools.harness import DEFAULT_TIME_LIMIT_S, IngestionResult, run_zip
+from train.data import Dataset, load_dataset, stratified_subsample
+from train.metrics import score
+
+BOOTSTRAP_SAMPLES = 1000
+
+
+@dataclass
+class ScoreOptions:
+    zips: list[str]
+    data: str
+    suites: tuple[str, ...] = SUITES
+    severities: tuple[int, ...] = SEVERITIES
+    time_limit: float = DEFAULT_TIME_LIMIT_S
+    python: str | None = None
+    limit: int = 0
+    seed: int = 0
+
+
+@dataclass
+class SubmissionScore:
+    """Scores of one zip on every variant of the data, plus the run's timings."""
+
+    zip_path: str
+    run: IngestionResult
+    variants: list[Variant]
+    scores: dict[str, dict] = field(default_factory=dict)
+    summary: dict = field(default_factory=dict)
+    correct: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def iter_inputs(data: Dataset, variants: list[Variant], seed: int) -> Iterator[tuple[str, np.ndarray]]:
+    for variant in variants:
+        yield variant.name, apply_variant(data.images, variant, seed)
+
+
+def expected_hidden_score(correct: dict[str, np.ndarray], variants: list[Variant], seed: int) -> dict:
+    """Point estimate and 95% bootstrap interval of the hidden-test accuracy.
+
+    The estimate is the mean of two halves: the AN2DL-style shift (mean over strengths) and the
+    corruption suite (mean over corruptions and severities). When a half is missing, the other one
+    is used; with neither, the clean accuracy. The interval resamples the test images (the same
+    resample for every variant) ``BOOTSTRAP_SAMPLES`` times.
+    """
+    groups = {
+        suite: [v.name for v in variants if v.suite == suite and v.name in correct]
+        for suite in ("an2dl", "corruptions")
+    }
+    groups = {k: names for k, names in groups.items() if names}
+    if not groups:
+        groups = {"clean": [n for n in correct if n == "clean"]}
+    if not any(groups.values()):
+        return {}
+
+    def estimate(index: np.ndarray | slice) -> np.ndarray:
+        halves = [np.mean([correct[name][..., index].mean(axis=-1) for name in names], axis=0)
+                  for names in groups.values()]
+        return np.mean(halves, axis=0)
+
+    n = len(next(iter(correct.values())))
+    rng = np.random.default_rng(seed)
+    samples = rng.integers(0, n, size=(BOOTSTRAP_SAMPLES, n))
+    boot = estimate(samples)
+    low, high = np.percentile(boot, [2.5, 97.5])
+    return {"expected_hidden_accuracy": float(estimate(slice(None))), "ci95": [float(low), float(high)],
+            "based_on": sorted(groups)}
+
+
+def summarise(result: SubmissionScore, seed: int) -> dict:
+    scores = result.scores
+    shifted = [s["accuracy"] for name, s in scores.items() if name != "clean"]
+    by_suite = {}
+    for suite in ("corruptions", "an2dl"):
+        values = [scores[v.name]["accuracy"] for v in result.variants if v.suite == suite and v.name in scores]
+        if values:
+            by_suite[suite] = float(np.mean(values))
+    run = result.run
+    predict_seconds = sum(rec.get("seconds", 0.0) for rec in run.variants.values())
+    images = sum(rec.get("n", 0) for rec in run.variants.values())
+    summary = {
+        "status": run.status,
+        "clean_accuracy": scores.get("clean", {}).get("accuracy"),
+        "clean_macro_f1": scores.get("clean", {}).get("macro_f1"),
+        "shift_mean_accuracy": float(np.mean(shifted)) if shifted else None,
+        "suite_mean_accuracy": by_suite,
+        "init_seconds": run.init_seconds,
+        "predict_seconds": predict_seconds,
+        "images_per_second": images / predict_seconds if predict_seconds else None,
+        "peak_rss_mb": run.peak_rss_mb,
+        "versions": run.versions,
+    }
+    summary.update(expected_hidden_score(result.correct, result.variants, seed))
+    return summary
+
+
+def score_zip(zip_path: str, data: Dataset, variants: list[Variant], options: ScoreOptions) -> SubmissionScore:
+    """Run one zip on every variant (the model is loaded once) and score its answers."""
+    run = run_zip(zip_path, iter_inputs(data, variants, options.seed), time_limit=options.time_limit,
+                  python=options.python)
+    result = SubmissionScore(str(zip_path), run, variants)
+    for variant in variants:
+        pred = run.predictions.get(variant.name)
+        if pred is not None:
+            result.scores[variant.name] = score(data.labels, pred)
+            result.correct[variant.name] = pred == data.labels
+    result.summary = summarise(result, options.seed)
+    return result
+
+
+def local_score(options: ScoreOptions) -> tuple[Dataset, list[SubmissionScore]]:
+    data = load_dataset(options.data, require_all_classes=False)
+    if options.limit and options.limit < len(data):
+        data = stratified_subsample(data, options.limit, options.seed)
+    variants = plan_variants(options.suites, options.severities)
+    return data, [score_zip(path, data, variants, options) for path in options.zips]
+
+
+def to_json(data: Dataset, results: list[SubmissionScore]) -> dict:
+    return {
+        "data": data.source,
+        "n_images": len(data),
+        "submissions": [
+            {"zip": r.zip_path, "summary": r.summary, "error": r.run.error,
+             "variants": {v.name: {"suite": v.suite, "kind": v.kind, "severity": v.severity,
+                                   **({k: r.scores[v.name][k] for k in ("accuracy", "macro_f1", "per_class",
+                                                                        "confusion")}
+                                      if v.name in r.scores else {}),
+                                   "seconds": r.run.variants.get(v.name, {}).get("seconds")}
+                          for v in r.variants}}
+            for r in results
+        ],
+    }
+

@@ -1,0 +1,72 @@
+"""Choose TTA views and ensemble member weights at package time, on clean and shifted validation data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from submission.model import DIHEDRAL_VIEWS, TTAEnsemble
+
+PHOTOMETRIC_VIEWS = ("bright_up", "bright_down", "contrast_down", "saturation_down", "blur")
+CANDIDATE_VIEW_SETS: dict[str, tuple[str, ...]] = {
+    "none": ("identity",),
+    "flips2": ("identity", "flip_lr"),
+    "rot4": ("identity", "rot90", "rot180", "rot270"),
+    "dihedral8": DIHEDRAL_VIEWS,
+    "dihedral8+photo": DIHEDRAL_VIEWS + PHOTOMETRIC_VIEWS,
+}
+# A bigger view set must beat a smaller one by this much to be worth its cost.
+MIN_GAIN = 0.002
+
+
+@dataclass
+class TTAChoice:
+    views: tuple[str, ...]
+    member_weights: list[float]
+    table: list[dict]  # one row per candidate: name, views, weighting, clean, shifted, score
+
+
+def view_probabilities(models: list, images: np.ndarray, views: tuple[str, ...],
+                       batch_size: int) -> np.ndarray:
+    """Softmax per member and view: (members, views, n, classes), each from the shipping TTA code."""
+    return np.stack([
+        np.stack([TTAEnsemble([model], views=(view,), batch_size=batch_size).predict_proba(images)
+                  for view in views])
+        for model in models
+    ])
+
+
+def choose_tta(models: list, eval_sets: dict[str, tuple[np.ndarray, np.ndarray]],
+               batch_size: int = 256) -> TTAChoice:
+    """Score every candidate view set with uniform and accuracy-weighted members; keep the best.
+
+    ``eval_sets`` maps a name ("clean", "pixelate@3", …) to (images, labels). The score is the mean of
+    the clean accuracy and the mean shifted accuracy, so robustness counts as much as clean accuracy.
+    """
+    all_views = CANDIDATE_VIEW_SETS["dihedral8+photo"]
+    probs = {name: view_probabilities(models, x, all_views, batch_size) for name, (x, _) in eval_sets.items()}
+    labels = {name: y for name, (_, y) in eval_sets.items()}
+    member_acc = np.mean([[np.mean(p[m].mean(0).argmax(1) == labels[name]) for m in range(len(models))]
+                          for name, p in probs.items()], axis=0)
+    weightings = {"uniform": np.ones(len(models))}
+    if len(models) > 1:
+        weightings["accuracy"] = np.maximum(member_acc - member_acc.min() + 0.01, 0.01)
+    rows, best = [], None
+    for set_name, views in CANDIDATE_VIEW_SETS.items():
+        idx = [all_views.index(v) for v in views]
+        for weight_name, weights in weightings.items():
+            w = weights / weights.sum()
+            acc = {name: float(np.mean(
+                np.einsum("m,mvnc->nc", w, p[:, idx]).argmax(1) == labels[name])) for name, p in probs.items()}
+            shifted = [a for name, a in acc.items() if name != "clean"]
+            row = {"name": set_name, "views": len(views), "weighting": weight_name,
+                   "clean": acc.get("clean", float("nan")),
+                   "shifted": float(np.mean(shifted)) if shifted else float("nan")}
+            row["score"] = float(np.nanmean([row["clean"], row["shifted"]]))
+            rows.append(row)
+            if best is None or row["score"] > best[0]["score"] + MIN_GAIN:
+                best = (row, views, w)
+    row, views, w = best
+    row["chosen"] = True
+    return TTAChoice(tuple(views), [float(x) for x in w], rows)

@@ -1,0 +1,107 @@
+"""The typed training configuration that flows from the CLI into training and packaging."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from submission.model import BACKBONES
+from train.errors import BcsubError
+
+# Named starting points; explicit CLI options override them.
+PRESETS: dict[str, dict] = {
+    # Seconds on a laptop: the embedded sample, a tiny net (used by `make demo`).
+    "demo": dict(backbone="resnet-small", weights="none", image_size=64, epochs=12, augment="v2",
+                 batch_size=32, learning_rate=3e-3, patience=20),
+    # From scratch on 2 CPU cores in about 30 minutes on the 6,941-image PBC96 train split.
+    "cpu": dict(backbone="resnet-small", weights="none", image_size=64, epochs=30, augment="v3",
+                batch_size=64, learning_rate=3e-3, balance=900, patience=8),
+    # The winners' recipe on a GPU: pretrained EfficientNetV2S at 224 px, hybrid augmentation, 3 members.
+    "gpu": dict(backbone="efficientnetv2s", weights="imagenet", image_size=224, epochs=10,
+                fine_tune_epochs=20, fine_tune_layers=120, augment="hybrid", batch_size=64,
+                learning_rate=1e-3, fine_tune_learning_rate=1e-4, balance=1500, members=3),
+}
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run; saved as ``config.json`` in the run dir."""
+
+    data: str
+    out: str
+    val: str | None = None
+    backbone: str = "mobilenetv3small"
+    weights: str = "imagenet"
+    image_size: int | None = None
+    epochs: int = 20
+    fine_tune_epochs: int = 10
+    fine_tune_layers: int = 40
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    fine_tune_learning_rate: float = 1e-4
+    warmup_epochs: int = 1
+    dropout: float = 0.3
+    l2: float = 1e-4
+    fine_tune_l2: float = 5e-4
+    weight_decay: float = 1e-4
+    label_smoothing: float = 0.1
+    augment: str = "v2"
+    balance: int = 0
+    class_weights: bool = False
+    members: int = 1
+    folds: int = 0
+    limit: int = 0
+    seed: int = 0
+    val_fraction: float = 0.15
+    patience: int = 5
+    clean: bool = False
+    multi_worker: bool = False
+    mixed_precision: bool | None = None
+    preset: str | None = None
+    backbones: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.backbones = list(self.backbones) or [b.strip() for b in self.backbone.split(",")]
+        self.backbone = self.backbones[0]
+        for name in self.backbones:
+            if name not in BACKBONES:
+                raise BcsubError(f"unknown backbone '{name}'; choose one of: {', '.join(BACKBONES)}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise BcsubError("--epochs and --batch-size must be at least 1")
+        if self.members < 1 or self.folds == 1 or self.folds < 0:
+            raise BcsubError("--members must be >= 1 and --folds 0 (off) or >= 2")
+
+    @classmethod
+    def from_options(cls, preset: str | None = None, **options) -> TrainConfig:
+        """Build from a preset's defaults overridden by the options that were given (not None)."""
+        values: dict = {}
+        if preset:
+            if preset not in PRESETS:
+                raise BcsubError(f"unknown preset '{preset}'; choose one of: {', '.join(PRESETS)}")
+            values.update(PRESETS[preset])
+        values.update({k: v for k, v in options.items() if v is not None})
+        return cls(preset=preset, **values)
+
+    @property
+    def pretrained(self) -> bool:
+        return self.weights.lower() != "none"
+
+    def model_spec(self, backbone: str | None = None) -> dict:
+        """What ``submission.model.build_network`` needs to rebuild the network."""
+        name = backbone or self.backbone
+        return {
+            "backbone": name,
+            "image_size": self.image_size or BACKBONES[name][2],
+            "num_classes": 8,
+            "dropout": self.dropout,
+        }
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainConfig:
+        data = json.loads(Path(path).read_text())
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})

@@ -1,0 +1,121 @@
+"""Whole training runs: data preparation, then one member, K seeds/backbones, or K folds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from train.atomic import write_json
+from train.config import TrainConfig
+from train.data import Dataset, load_dataset, stratified_split, stratified_subsample
+from train.errors import BcsubError
+from train.fit import fit_member
+from train.metrics import score
+from train.runs import CONFIG_FILE, ENSEMBLE_FILE, is_complete_run
+
+
+@dataclass
+class MemberResult:
+    name: str
+    backbone: str
+    seed: int
+    metrics: dict
+
+
+def prepare_data(cfg: TrainConfig) -> tuple[Dataset, Dataset | None]:
+    """Load (and optionally clean and subsample) the training data and the validation data."""
+    train = load_dataset(cfg.data)
+    if cfg.clean:
+        train = clean_dataset(train, Path(cfg.out))
+    if cfg.limit:
+        train = stratified_subsample(train, cfg.limit, cfg.seed)
+    val = None
+    if cfg.val:
+        val = load_dataset(cfg.val, require_all_classes=False)
+        if cfg.limit:
+            val = stratified_subsample(val, max(64, cfg.limit // 4), cfg.seed)
+    return train, val
+
+
+def clean_dataset(dataset: Dataset, out: Path) -> Dataset:
+    """Drop outliers and duplicate copies (see `bcsub inspect`), writing what was removed."""
+    from train.cleaning import inspect_arrays, plan_cleaning
+
+    result = inspect_arrays(dataset.images, dataset.labels)
+    plan = plan_cleaning(result, dataset.labels, len(dataset.labels))
+    write_json(out / "cleaning.json", {"source": dataset.source, "kept": int(plan.keep.sum()),
+                                       "removed": plan.removed})
+    return dataset.subset(np.flatnonzero(plan.keep))
+
+
+def check_resumable(cfg: TrainConfig, out: Path) -> None:
+    """Refuse to resume into a run dir that was made with a different configuration."""
+    saved = out / CONFIG_FILE
+    if not saved.is_file():
+        return
+    previous = TrainConfig.load(saved).to_json()
+    current = cfg.to_json()
+    differing = sorted(k for k in current if k not in ("backbone", "seed") and previous.get(k) != current[k])
+    if differing:
+        raise BcsubError(
+            f"{out}: holds a run with other settings ({', '.join(differing)}); choose another --out "
+            "or delete the folder"
+        )
+
+
+def run_training(cfg: TrainConfig) -> list[MemberResult]:
+    """Train what ``cfg`` asks for into ``cfg.out``; re-running the same command resumes."""
+    out = Path(cfg.out)
+    check_resumable(cfg, out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / CONFIG_FILE, cfg.to_json())
+    train, val = prepare_data(cfg)
+    if cfg.folds:
+        return _train_folds(cfg, train, out)
+    if val is None:
+        train, val = stratified_split(train, cfg.val_fraction, cfg.seed)
+    n_members = max(cfg.members, len(cfg.backbones))
+    if n_members == 1:
+        return [MemberResult(".", cfg.backbone, cfg.seed, fit_member(cfg, train, val, out))]
+    results = []
+    for k in range(n_members):
+        backbone = cfg.backbones[k % len(cfg.backbones)]
+        name = f"member_{k}"
+        metrics = fit_member(cfg, train, val, out / name, backbone=backbone, seed=cfg.seed + k)
+        results.append(MemberResult(name, backbone, cfg.seed + k, metrics))
+    _write_ensemble(out, results)
+    return results
+
+
+def _train_folds(cfg: TrainConfig, data: Dataset, out: Path) -> list[MemberResult]:
+    """Stratified k-fold: member k validates on fold k; out-of-fold predictions are saved."""
+    from sklearn.model_selection import StratifiedKFold
+
+    folds = StratifiedKFold(cfg.folds, shuffle=True, random_state=cfg.seed)
+    oof = np.zeros((len(data), 8), np.float32)
+    results = []
+    for k, (train_idx, val_idx) in enumerate(folds.split(np.zeros(len(data)), data.labels)):
+        name = f"fold_{k}"
+        backbone = cfg.backbones[k % len(cfg.backbones)]
+        metrics = fit_member(cfg, data.subset(train_idx), data.subset(val_idx), out / name,
+                             backbone=backbone, seed=cfg.seed + k)
+        with np.load(out / name / "val_predictions.npz", allow_pickle=False) as saved:
+            oof[val_idx] = saved["probs"]
+        results.append(MemberResult(name, backbone, cfg.seed + k, metrics))
+    np.savez(out / "oof_predictions.npz", probs=oof, labels=data.labels)
+    _write_ensemble(out, results, oof_metrics=score(data.labels, oof.argmax(axis=1)))
+    return results
+
+
+def _write_ensemble(out: Path, results: list[MemberResult], oof_metrics: dict | None = None) -> None:
+    members = [r.name for r in results if is_complete_run(out / r.name)]
+    summary = {"members": members,
+               "member_metrics": {r.name: {"backbone": r.backbone, "seed": r.seed,
+                                           "accuracy": r.metrics["accuracy"],
+                                           "macro_f1": r.metrics["macro_f1"]} for r in results}}
+    if oof_metrics:
+        summary["oof_metrics"] = oof_metrics
+        write_json(out / "metrics.json", oof_metrics)
+    write_json(out / ENSEMBLE_FILE, summary)

@@ -1,0 +1,164 @@
+"""Fit one network into a run dir: two-stage fine-tuning (or one stage from scratch), resumable."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from submission.model import TTAEnsemble, save_weights
+from train.atomic import atomic_output, write_json
+from train.backbones import build_pretrained_network, set_backbone_trainable, set_head_l2
+from train.config import TrainConfig
+from train.data import Dataset
+from train.metrics import score
+from train.pipeline import evaluation_dataset, training_dataset
+from train.plots import plot_confusion, plot_curves
+from train.runs import CONFIG_FILE, HISTORY_FILE, MODEL_SPEC_FILE, WEIGHTS_FILE, is_complete_run
+
+
+@dataclass
+class Stage:
+    """One call of ``model.fit`` with its own trainable layers and learning-rate schedule."""
+
+    name: str
+    epochs: int
+    learning_rate: float
+    trainable_top: int | None  # 0: backbone frozen; N: top N layers; None: everything
+    l2: float
+
+
+def plan_stages(cfg: TrainConfig) -> list[Stage]:
+    """Pretrained: frozen backbone, then the top layers at a lower rate. Scratch: one full stage."""
+    if not cfg.pretrained:
+        return [Stage("full", cfg.epochs, cfg.learning_rate, None, cfg.l2)]
+    stages = [Stage("head", cfg.epochs, cfg.learning_rate, 0, cfg.l2)]
+    if cfg.fine_tune_epochs > 0:
+        stages.append(Stage("fine_tune", cfg.fine_tune_epochs, cfg.fine_tune_learning_rate,
+                            cfg.fine_tune_layers, cfg.fine_tune_l2))
+    return stages
+
+
+def make_strategy(multi_worker: bool) -> tf.distribute.Strategy:
+    """MultiWorkerMirrored from TF_CONFIG when asked, Mirrored on several GPUs, else the default."""
+    if multi_worker:
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if len(tf.config.list_physical_devices("GPU")) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+class PersistentCheckpoint(keras.callbacks.ModelCheckpoint):
+    """ModelCheckpoint that remembers its best score in a side file, so a resumed run keeps it."""
+
+    def __init__(self, filepath: Path, **kwargs):
+        super().__init__(str(filepath), monitor="val_accuracy", mode="max", save_best_only=True,
+                         save_weights_only=True, **kwargs)
+        self.best_file = Path(str(filepath) + ".best.json")
+        if self.best_file.exists() and Path(filepath).exists():
+            self.best = json.loads(self.best_file.read_text())["best"]
+
+    def on_epoch_end(self, epoch, logs=None):
+        before = self.best
+        super().on_epoch_end(epoch, logs)
+        if self.best != before:
+            write_json(self.best_file, {"best": float(self.best), "epoch": epoch + 1})
+
+
+def compile_for(model: keras.Model, stage: Stage, cfg: TrainConfig, steps: int) -> None:
+    total = max(1, stage.epochs * steps)
+    warmup = min(total // 2, cfg.warmup_epochs * steps)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=stage.learning_rate / 10 if warmup else stage.learning_rate,
+        decay_steps=max(1, total - warmup),
+        warmup_target=stage.learning_rate if warmup else None,
+        warmup_steps=warmup,
+        alpha=0.01,
+    )
+    model.compile(
+        optimizer=keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
+        metrics=["accuracy"],
+    )
+
+
+def class_weight_for(labels: np.ndarray) -> dict[int, float]:
+    from sklearn.utils.class_weight import compute_class_weight
+
+    classes = np.unique(labels)
+    weights = compute_class_weight("balanced", classes=classes, y=labels)
+    return {int(c): float(w) for c, w in zip(classes, weights)}
+
+
+def fit_member(cfg: TrainConfig, train: Dataset, val: Dataset, out: Path, backbone: str | None = None,
+               seed: int | None = None) -> dict:
+    """Train one network into ``out`` and return its validation metrics. Re-running resumes."""
+    out.mkdir(parents=True, exist_ok=True)
+    backbone = backbone or cfg.backbone
+    seed = cfg.seed if seed is None else seed
+    if is_complete_run(out):
+        return json.loads((out / "metrics.json").read_text())
+    write_json(out / CONFIG_FILE, {**cfg.to_json(), "backbone": backbone, "seed": seed})
+    keras.utils.set_random_seed(seed)
+    gpus = tf.config.list_physical_devices("GPU")
+    if cfg.mixed_precision if cfg.mixed_precision is not None else bool(gpus):
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    strategy = make_strategy(cfg.multi_worker)
+    batch_size = cfg.batch_size * strategy.num_replicas_in_sync
+    train_ds, steps = training_dataset(train.images, train.labels, batch_size, cfg.augment,
+                                       cfg.balance, seed)
+    val_ds = evaluation_dataset(val.images, val.labels, batch_size)
+    spec = cfg.model_spec(backbone)
+    with strategy.scope():
+        model = build_pretrained_network(spec, cfg.weights, cfg.l2)
+    for stage in plan_stages(cfg):
+        run_stage(model, stage, cfg, strategy, train_ds, steps, val_ds, out,
+                  class_weight_for(train.labels) if cfg.class_weights else None)
+    keras.mixed_precision.set_global_policy("float32")
+    return finish_run(model, spec, val, out)
+
+
+def run_stage(model, stage: Stage, cfg: TrainConfig, strategy, train_ds, steps: int, val_ds, out: Path,
+              class_weight: dict | None) -> None:
+    best = out / f".{stage.name}.best.weights.h5"
+    done = out / f".{stage.name}.done"
+    if done.exists() and best.exists():
+        model.load_weights(str(best))
+        return
+    set_backbone_trainable(model, stage.trainable_top)
+    set_head_l2(model, stage.l2)
+    with strategy.scope():
+        compile_for(model, stage, cfg, steps)
+    callbacks = [
+        keras.callbacks.BackupAndRestore(str(out / ".backup" / stage.name)),
+        keras.callbacks.CSVLogger(str(out / HISTORY_FILE), append=True),
+        PersistentCheckpoint(best),
+        keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=cfg.patience),
+    ]
+    model.fit(train_ds, steps_per_epoch=steps, epochs=stage.epochs, validation_data=val_ds,
+              callbacks=callbacks, class_weight=class_weight, shuffle=False, verbose=1 if sys.stdout.isatty() else 2)
+    model.load_weights(str(best))
+    done.touch()
+
+
+def finish_run(model: keras.Model, spec: dict, val: Dataset, out: Path) -> dict:
+    """Write metrics and plots, then the weights and model spec last (their presence marks completion)."""
+    probs = TTAEnsemble([model]).predict_proba(val.images)
+    metrics = score(val.labels, probs.argmax(axis=1))
+    write_json(out / "metrics.json", metrics)
+    with atomic_output(out / "val_predictions.npz") as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, probs=probs, labels=val.labels)
+    plot_confusion(metrics["confusion"], out / "confusion.png",
+                   f"{spec['backbone']} validation: acc {metrics['accuracy']:.3f}")
+    if (out / HISTORY_FILE).exists():
+        plot_curves(out / HISTORY_FILE, out / "curves.png")
+    with atomic_output(out / WEIGHTS_FILE) as tmp:
+        save_weights(model, str(tmp))
+    write_json(out / MODEL_SPEC_FILE, {**spec, "format": "bcsub-weights-v1",
+                                        "keras_version": keras.__version__})
+    return metrics

@@ -1,0 +1,75 @@
+"""tf.data input pipelines: class balancing, augmentation, CutMix/MixUp, batching."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import tensorflow as tf
+
+from submission.model import NUM_CLASSES
+from train.augment import batch_mixer, image_augmenter
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def balanced_class_counts(labels: np.ndarray, per_class: int) -> np.ndarray:
+    """Images drawn per class and epoch when every class is oversampled to ``per_class``."""
+    present = np.bincount(labels, minlength=NUM_CLASSES) > 0
+    return np.where(present, per_class, 0)
+
+
+def epoch_indices(labels: np.ndarray, per_class: int, rng: np.random.Generator) -> np.ndarray:
+    """One epoch of shuffled indices with ``per_class`` images of every class (drawn with replacement
+    only for classes that have fewer images; augmentation makes the copies differ)."""
+    chosen = []
+    for c in range(NUM_CLASSES):
+        idx = np.flatnonzero(labels == c)
+        if len(idx):
+            chosen.append(rng.choice(idx, per_class, replace=len(idx) < per_class))
+    return rng.permutation(np.concatenate(chosen))
+
+
+def training_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, augment: str,
+                     balance: int, seed: int) -> tuple[tf.data.Dataset, int]:
+    """Endless augmented batches of (float32 0..255 images, one-hot labels) and steps per epoch."""
+    epoch_size = balance * NUM_CLASSES if balance else len(labels)
+    steps = max(1, epoch_size // batch_size)
+    rng = np.random.default_rng(seed)
+
+    def index_stream():
+        while True:
+            if balance:
+                yield from epoch_indices(labels, balance, rng)
+            else:
+                yield from rng.permutation(len(labels))
+
+    images_t = tf.constant(images)
+    labels_t = tf.constant(labels.astype(np.int32))
+    ds = tf.data.Dataset.from_generator(index_stream, output_signature=tf.TensorSpec((), tf.int64))
+    ds = ds.batch(batch_size, drop_remainder=True)
+    ds = ds.map(
+        lambda idx: (tf.cast(tf.gather(images_t, idx), tf.float32),
+                     tf.one_hot(tf.gather(labels_t, idx), NUM_CLASSES)),
+        num_parallel_calls=AUTOTUNE,
+    )
+    augmenter = image_augmenter(augment, seed)
+    if augmenter is not None:
+        ds = ds.map(lambda x, y: (augmenter(x), y), num_parallel_calls=AUTOTUNE)
+    mixer = batch_mixer(augment, seed)
+    if mixer is not None:
+        ds = ds.map(mixer, num_parallel_calls=AUTOTUNE)
+    return ds.prefetch(AUTOTUNE), steps
+
+
+def evaluation_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int) -> tf.data.Dataset:
+    """Un-augmented batches of (float32 images, one-hot labels) for validation."""
+    ds = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int32)))
+    ds = ds.batch(batch_size).map(
+        lambda x, y: (tf.cast(x, tf.float32), tf.one_hot(y, NUM_CLASSES)), num_parallel_calls=AUTOTUNE
+    )
+    return ds.prefetch(AUTOTUNE)
+
+
+def steps_for(n: int, batch_size: int) -> int:
+    return max(1, math.ceil(n / batch_size))

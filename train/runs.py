@@ -1,0 +1,55 @@
+"""Run dirs: what a finished run holds, and how packaging finds the members in one."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from train.errors import BcsubError
+
+CONFIG_FILE = "config.json"
+HISTORY_FILE = "history.csv"
+MODEL_SPEC_FILE = "model.json"
+WEIGHTS_FILE = "weights.npz"
+METRICS_FILE = "metrics.json"
+ENSEMBLE_FILE = "ensemble.json"
+
+
+def is_complete_run(path: Path) -> bool:
+    """A run is complete once its model spec is written (the last file ``train`` writes)."""
+    return all((path / name).is_file() for name in (MODEL_SPEC_FILE, WEIGHTS_FILE, METRICS_FILE))
+
+
+@dataclass(frozen=True)
+class Member:
+    """One trained network: where its weights are and how to rebuild it."""
+
+    run_dir: Path
+    spec: dict
+    val_accuracy: float
+
+    @property
+    def weights_path(self) -> Path:
+        return self.run_dir / WEIGHTS_FILE
+
+
+def find_members(run_dir: str | Path) -> list[Member]:
+    """The members of a single run or of an ensemble dir (``ensemble.json``)."""
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise BcsubError(f"{path}: not a folder; pass the --out folder of `bcsub train`")
+    if (path / ENSEMBLE_FILE).is_file():
+        names = json.loads((path / ENSEMBLE_FILE).read_text())["members"]
+        return [member for name in names for member in find_members(path / name)]
+    if not is_complete_run(path):
+        if (path / CONFIG_FILE).is_file():
+            raise BcsubError(
+                f"{path}: the training run did not finish (no {MODEL_SPEC_FILE}/{WEIGHTS_FILE}); "
+                "re-run the same `bcsub train` command to resume it"
+            )
+        raise BcsubError(f"{path}: not a bcsub run dir (no {MODEL_SPEC_FILE}); pass the --out folder of "
+                         "`bcsub train`")
+    spec = json.loads((path / MODEL_SPEC_FILE).read_text())
+    metrics = json.loads((path / METRICS_FILE).read_text())
+    return [Member(path, spec, float(metrics.get("accuracy", 0.0)))]

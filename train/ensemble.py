@@ -89,14 +89,21 @@ def run_training(cfg: TrainConfig) -> list[MemberResult]:
     return results
 
 
-def _train_folds(cfg: TrainConfig, data: Dataset, out: Path) -> list[MemberResult]:
-    """Stratified k-fold: member k validates on fold k; out-of-fold predictions are saved."""
+def fold_splits(labels: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified k-fold (train, validation) index pairs; every image is validated exactly once."""
     from sklearn.model_selection import StratifiedKFold
 
-    folds = StratifiedKFold(cfg.folds, shuffle=True, random_state=cfg.seed)
+    if np.bincount(labels).min() < folds:
+        raise BcsubError(f"--folds {folds}: a class has fewer than {folds} images; use fewer folds or more data")
+    splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    return list(splitter.split(np.zeros(len(labels)), labels))
+
+
+def _train_folds(cfg: TrainConfig, data: Dataset, out: Path) -> list[MemberResult]:
+    """Stratified k-fold: member k validates on fold k; out-of-fold predictions are saved."""
     oof = np.zeros((len(data), 8), np.float32)
     results = []
-    for k, (train_idx, val_idx) in enumerate(folds.split(np.zeros(len(data)), data.labels)):
+    for k, (train_idx, val_idx) in enumerate(fold_splits(data.labels, cfg.folds, cfg.seed)):
         name = f"fold_{k}"
         backbone = cfg.backbones[k % len(cfg.backbones)]
         metrics = fit_member(cfg, data.subset(train_idx), data.subset(val_idx), out / name,

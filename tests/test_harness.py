@@ -1,0 +1,108 @@
+"""The CodaBench ingestion replica: safe unzip and failures reported as results, not crashes."""
+
+from __future__ import annotations
+
+import stat
+import zipfile
+
+import numpy as np
+import pytest
+
+from tools.harness import check_predictions, run_zip, safe_extract
+from train.errors import BcsubError
+
+X = np.zeros((4, 96, 96, 3), np.uint8)
+
+
+def _zip(tmp_path, model_py: str, extra: dict[str, bytes] | None = None):
+    path = tmp_path / "sub.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("model.py", model_py)
+        for name, data in (extra or {}).items():
+            archive.writestr(name, data)
+    return path
+
+
+GOOD = """
+import os, numpy as np
+class Model:
+    def __init__(self):
+        self.k = int(open(os.path.join(os.path.dirname(__file__), 'k.txt')).read())
+    def predict(self, X):
+        return np.full(len(X), self.k, dtype=np.int64)
+"""
+
+
+def test_good_submission_loads_files_next_to_model_py(tmp_path):
+    result = run_zip(_zip(tmp_path, GOOD, {"k.txt": b"5"}), {"x": X, "empty": X[:0]})
+    assert result.ok and result.status == "ok"
+    assert result.predictions["x"].tolist() == [5, 5, 5, 5] and result.predictions["empty"].shape == (0,)
+    assert result.init_seconds is not None and result.peak_rss_mb > 0
+
+
+@pytest.mark.parametrize("name", ["../evil.py", "/abs/evil.py", "a/../../evil.py"])
+def test_zip_slip_is_rejected(tmp_path, name):
+    path = _zip(tmp_path, GOOD, {name: b"x"})
+    with pytest.raises(BcsubError, match="unsafe member path"):
+        safe_extract(path, tmp_path / "out")
+    assert not (tmp_path / "evil.py").exists() and not (tmp_path / "out").exists()
+
+
+def test_symlink_member_is_rejected(tmp_path):
+    path = tmp_path / "link.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("model.py", GOOD)
+        info = zipfile.ZipInfo("k.txt")
+        info.external_attr = (stat.S_IFLNK | 0o777) << 16
+        archive.writestr(info, "/etc/passwd")
+    with pytest.raises(BcsubError, match="symbolic link"):
+        safe_extract(path, tmp_path / "out")
+
+
+def test_zip_bomb_limit(tmp_path):
+    path = _zip(tmp_path, GOOD, {"big.bin": b"\0" * 10_000})
+    with pytest.raises(BcsubError, match="unzips to more than"):
+        safe_extract(path, tmp_path / "out", max_bytes=5_000)
+
+
+def test_not_a_zip(tmp_path):
+    bad = tmp_path / "bad.zip"
+    bad.write_text("hello")
+    with pytest.raises(BcsubError, match="not a zip"):
+        run_zip(bad, {"x": X})
+
+
+def test_import_error_is_reported(tmp_path):
+    result = run_zip(_zip(tmp_path, "import bcsub_missing_module\n"), {"x": X})
+    assert not result.ok and result.status == "import_error"
+    assert "ModuleNotFoundError" in result.error and "bcsub_missing_module" in result.error
+
+
+def test_init_error_is_reported(tmp_path):
+    result = run_zip(_zip(tmp_path, GOOD), {"x": X})  # k.txt is missing
+    assert result.status == "init_error" and "FileNotFoundError" in result.error
+
+
+def test_timeout_is_reported(tmp_path):
+    slow = "import time\nclass Model:\n    def predict(self, X):\n        time.sleep(60)\n"
+    result = run_zip(_zip(tmp_path, slow), {"x": X}, time_limit=5)
+    assert result.status == "timeout" and "5 s limit" in result.error
+
+
+def test_wrong_output_shape_is_reported(tmp_path):
+    probs = "import numpy as np\nclass Model:\n    def predict(self, X):\n        return np.zeros((len(X), 8))\n"
+    result = run_zip(_zip(tmp_path, probs), {"x": X})
+    assert result.status == "predict_error" and "shape (4, 8)" in result.error and "argmax" in result.error
+
+
+def test_exception_in_predict_is_reported(tmp_path):
+    boom = "class Model:\n    def predict(self, X):\n        raise RuntimeError('boom')\n"
+    result = run_zip(_zip(tmp_path, boom), {"x": X})
+    assert result.status == "predict_error" and "RuntimeError: boom" in result.error
+
+
+def test_check_predictions():
+    assert check_predictions(np.array([0, 7]), 2) is None
+    assert "dtype" in check_predictions(np.array([0.0, 1.0]), 2)
+    assert "outside 0..7" in check_predictions(np.array([0, 8]), 2)
+    assert "shape" in check_predictions(np.array([0, 1, 2]), 2)

@@ -1,0 +1,106 @@
+"""The shipping runtime (submission/model.py): networks, weights, TTA views, chunked prediction."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from submission import model as runtime
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return runtime.build_network({"backbone": "tinycnn"})
+
+
+def _images(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, 96, 96, 3), dtype=np.uint8)
+
+
+def test_weights_round_trip(tiny, tmp_path):
+    path = tmp_path / "w.npz"
+    runtime.save_weights(tiny, str(path))
+    other = runtime.build_network({"backbone": "tinycnn"})
+    runtime.load_weights(other, str(path))
+    x = _images(4).astype(np.float32)
+    assert np.allclose(tiny.predict(x, verbose=0), other.predict(x, verbose=0), atol=1e-6)
+    wrong = runtime.build_network({"backbone": "resnet-small"})
+    with pytest.raises(ValueError, match="weight arrays"):
+        runtime.load_weights(wrong, str(path))
+
+
+def test_dihedral_views_are_the_eight_symmetries():
+    import tensorflow as tf
+
+    x = _images(1)
+    views = [runtime.VIEWS[v](tf.constant(x, tf.float32)).numpy()[0] for v in runtime.DIHEDRAL_VIEWS]
+    expected = [np.rot90(x[0], k) for k in range(4)] + [np.rot90(x[0][:, ::-1], k) for k in range(4)]
+    for view in views:
+        assert any(np.array_equal(view, e) for e in expected)
+    assert len({v.tobytes() for v in views}) == 8
+
+
+def test_photometric_views_keep_range():
+    import tensorflow as tf
+
+    x = tf.constant(_images(3), tf.float32)
+    for name in ("bright_up", "bright_down", "contrast_up", "contrast_down", "saturation_down", "blur"):
+        y = runtime.VIEWS[name](x).numpy()
+        assert y.shape == x.shape and y.min() >= 0 and y.max() <= 255 and not np.array_equal(y, x.numpy())
+
+
+def test_tta_matches_manual_average(tiny):
+    x = _images(10)
+    views = ("identity", "flip_lr", "rot90")
+    ensemble = runtime.TTAEnsemble([tiny], views=views, batch_size=6)  # 2 images per chunk
+    manual = np.mean([tiny.predict(np.stack([np.rot90(i) for i in x]).astype(np.float32), verbose=0)
+                      if v == "rot90" else tiny.predict(
+                          (x[:, :, ::-1] if v == "flip_lr" else x).astype(np.float32), verbose=0)
+                      for v in views], axis=0)
+    assert np.allclose(ensemble.predict_proba(x), manual, atol=1e-5)
+
+
+def test_chunk_size_does_not_change_results(tiny):
+    x = _images(13)
+    a = runtime.TTAEnsemble([tiny], views=8, batch_size=8).predict_proba(x)
+    b = runtime.TTAEnsemble([tiny], views=8, batch_size=512).predict_proba(x)
+    assert np.allclose(a, b, atol=1e-5)
+
+
+def test_ensemble_weights(tiny):
+    other = runtime.build_network({"backbone": "tinycnn"})
+    x = _images(5)
+    pa = runtime.TTAEnsemble([tiny]).predict_proba(x)
+    pb = runtime.TTAEnsemble([other]).predict_proba(x)
+    mixed = runtime.TTAEnsemble([tiny, other], [3, 1]).predict_proba(x)
+    assert np.allclose(mixed, 0.75 * pa + 0.25 * pb, atol=1e-5)
+
+
+def test_predict_inputs(tiny):
+    ensemble = runtime.TTAEnsemble([tiny], views=2)
+    x = _images(3)
+    labels = ensemble.predict(x)
+    assert labels.dtype == np.int64 and labels.shape == (3,)
+    assert np.array_equal(ensemble.predict(x.astype(np.float64)), labels)
+    assert ensemble.predict(x[:0]).shape == (0,)
+    assert ensemble.predict(x[:1]).shape == (1,)
+    with pytest.raises(ValueError, match="shape"):
+        ensemble.predict(x[0])
+    with pytest.raises(ValueError, match="shape"):
+        ensemble.predict(x[:, :, :, :1])
+    bad = x.astype(np.float32)
+    bad[0, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="0..255"):
+        ensemble.predict(bad)
+    with pytest.raises(ValueError, match="0..255"):
+        ensemble.predict(x.astype(np.float32) * 2)
+    with pytest.raises(ValueError, match="unknown TTA views"):
+        runtime.TTAEnsemble([tiny], views=["spin"])
+
+
+@pytest.mark.parametrize("name", sorted(runtime.BACKBONES))
+def test_every_backbone_builds(name):
+    size = 75 if name == "xception" else 32
+    model = runtime.build_network({"backbone": name, "image_size": size})
+    out = model(np.zeros((1, 96, 96, 3), np.float32), training=False).numpy()
+    assert out.shape == (1, 8) and np.isclose(out.sum(), 1.0, atol=1e-4)

@@ -1,0 +1,119 @@
+"""Training mechanics: resume after a kill, balancing, k-fold splits, freezing, presets."""
+
+from __future__ import annotations
+
+import csv
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT, SAMPLE_TRAIN, run_cli
+from train.config import TrainConfig
+from train.errors import BcsubError
+from train.fit import plan_stages
+from train.pipeline import epoch_indices, training_dataset
+
+
+def _history_epochs(path) -> list[int]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as handle:
+        return [int(row["epoch"]) for row in csv.DictReader(handle)]
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_from_the_saved_epoch(tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--data", str(SAMPLE_TRAIN), "--backbone", "tinycnn", "--weights", "none", "--epochs", "6",
+            "--limit", "64", "--batch-size", "16", "--augment", "none", "--patience", "10", "--out", str(out)]
+    proc = subprocess.Popen([sys.executable, "-m", "tools.cli", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while len(_history_epochs(out / "history.csv")) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait()
+    done_before = _history_epochs(out / "history.csv")
+    assert 2 <= len(done_before) < 6, "the run must be interrupted mid-training"
+    assert not (out / "model.json").exists()
+    unfinished = run_cli("package", str(out), "--out", str(tmp_path / "x.zip"))
+    assert unfinished.returncode == 2 and "did not finish" in unfinished.stderr
+    resumed = run_cli(*args)
+    assert resumed.returncode == 0, resumed.stderr
+    epochs = _history_epochs(out / "history.csv")
+    assert epochs == list(range(6)), f"expected epochs 0..5 once each (at most one lost), got {epochs}"
+    assert (out / "model.json").exists()
+
+
+def test_balanced_epoch_indices():
+    labels = np.array([0] * 50 + [1] * 3 + [2] * 10 + [3, 4, 5, 6, 7] * 2)
+    idx = epoch_indices(labels, 20, np.random.default_rng(0))
+    assert np.bincount(labels[idx], minlength=8).tolist() == [20] * 8
+    assert len(set(idx[labels[idx] == 0].tolist())) == 20  # big class: sampled without replacement
+
+
+def test_training_dataset_batches_are_balanced():
+    images = np.zeros((40, 96, 96, 3), np.uint8)
+    labels = np.array([0] * 33 + [1, 2, 3, 4, 5, 6, 7])
+    ds, steps = training_dataset(images, labels, batch_size=16, augment="none", balance=8, seed=0)
+    assert steps == 4
+    counts = np.zeros(8)
+    for x, y in ds.take(steps):
+        assert x.shape == (16, 96, 96, 3) and y.shape == (16, 8)
+        counts += y.numpy().sum(axis=0)
+    assert counts.tolist() == [8] * 8
+
+
+def test_fold_splits_are_stratified_and_disjoint():
+    from train.ensemble import fold_splits
+
+    labels = np.repeat(np.arange(8), 10)
+    splits = fold_splits(labels, 5, seed=0)
+    seen = np.concatenate([val for _, val in splits])
+    assert sorted(seen.tolist()) == list(range(80))
+    for train_idx, val_idx in splits:
+        assert not set(train_idx) & set(val_idx)
+        assert np.bincount(labels[val_idx], minlength=8).tolist() == [2] * 8
+    with pytest.raises(BcsubError, match="fewer than"):
+        fold_splits(np.repeat(np.arange(8), 2), 3, seed=0)
+
+
+def test_two_stages_for_pretrained_one_from_scratch():
+    scratch = TrainConfig(data="d", out="o", backbone="resnet-small", weights="none")
+    assert [s.name for s in plan_stages(scratch)] == ["full"]
+    tuned = TrainConfig(data="d", out="o", backbone="efficientnetv2s", weights="imagenet", fine_tune_layers=30)
+    head, fine = plan_stages(tuned)
+    assert head.trainable_top == 0 and fine.trainable_top == 30
+    assert fine.learning_rate < head.learning_rate and fine.l2 > head.l2
+
+
+def test_fine_tuning_freezes_batchnorm():
+    import keras
+
+    from submission.model import build_network
+    from train.backbones import set_backbone_trainable
+
+    model = build_network({"backbone": "mobilenetv3small", "image_size": 32})
+    backbone = model.get_layer("backbone")
+    set_backbone_trainable(model, 0)
+    assert not backbone.trainable and model.get_layer("logits").trainable
+    set_backbone_trainable(model, 20)
+    top = backbone.layers[-20:]
+    assert all(not layer.trainable for layer in backbone.layers[:-20] if layer.weights)
+    assert any(layer.trainable for layer in top if layer.weights)
+    assert all(not layer.trainable for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization))
+
+
+def test_presets_and_overrides():
+    cfg = TrainConfig.from_options("cpu", data="d", out="o", epochs=3)
+    assert cfg.backbone == "resnet-small" and cfg.weights == "none" and cfg.epochs == 3
+    ensemble = TrainConfig.from_options(None, data="d", out="o", backbone="tinycnn,resnet-small")
+    assert ensemble.backbones == ["tinycnn", "resnet-small"]
+    with pytest.raises(BcsubError, match="unknown backbone 'vgg99'"):
+        TrainConfig.from_options(None, data="d", out="o", backbone="vgg99")
+    with pytest.raises(BcsubError, match="unknown preset"):
+        TrainConfig.from_options("tpu", data="d", out="o")

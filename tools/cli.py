@@ -46,11 +46,14 @@ def train(
     limit: Annotated[int | None, typer.Option(help="Use about N images (stratified) for quick runs")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed")] = None,
     patience: Annotated[int | None, typer.Option(help="Early-stopping patience (epochs)")] = None,
+    time_budget: Annotated[float | None, typer.Option("--time-budget",
+                                                      help="Stop training after about this many minutes")] = None,
     clean: Annotated[bool | None, typer.Option(help="Remove outliers and duplicates first (see inspect)")] = None,
     multi_worker: Annotated[bool | None, typer.Option(help="MultiWorkerMirroredStrategy from TF_CONFIG")] = None,
 ) -> None:
     """Train a model (or an ensemble) into a run dir."""
     options = {k: (str(v) if isinstance(v, Path) else v) for k, v in locals().items() if k != "preset"}
+    options["time_budget_minutes"] = options.pop("time_budget")
     from tools.display import console, per_class_table, training_table
     from train.config import TrainConfig
     from train.ensemble import run_training
@@ -114,7 +117,8 @@ def check(
     report, compat = validate_zip(zip_path, probe, None, check_env=env)
     console.print(checks_table(report, f"{zip_path}"))
     if compat:
-        console.print(checks_table(compat, "under tensorflow 2.17 / keras 3.4.1"))
+        versions = ", ".join(f"{k} {v}" for k, v in compat.versions.items())
+        console.print(checks_table(compat, f"under the server's versions ({versions})"))
     if not report.ok or (compat and not compat.ok):
         failed = (report.failures() or compat.failures())[0]
         raise BcsubError(f"{zip_path}: failed '{failed.name}': {failed.detail}")

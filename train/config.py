@@ -55,6 +55,7 @@ class TrainConfig:
     seed: int = 0
     val_fraction: float = 0.15
     patience: int = 5
+    time_budget_minutes: float = 0.0
     clean: bool = False
     multi_worker: bool = False
     mixed_precision: bool | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,6 +71,23 @@ class PersistentCheckpoint(keras.callbacks.ModelCheckpoint):
             write_json(self.best_file, {"best": float(self.best), "epoch": epoch + 1})
 
 
+class TimeBudget(keras.callbacks.Callback):
+    """Stop before an epoch that would end after ``deadline`` (time.monotonic seconds)."""
+
+    def __init__(self, deadline: float):
+        super().__init__()
+        self.deadline = deadline
+        self.epoch_start = time.monotonic()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_start = time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+        now = time.monotonic()
+        if now + (now - self.epoch_start) > self.deadline:
+            self.model.stop_training = True
+
+
 def compile_for(model: keras.Model, stage: Stage, cfg: TrainConfig, steps: int) -> None:
     total = max(1, stage.epochs * steps)
     warmup = min(total // 2, cfg.warmup_epochs * steps)
@@ -116,15 +134,22 @@ def fit_member(cfg: TrainConfig, train: Dataset, val: Dataset, out: Path, backbo
     spec = cfg.model_spec(backbone)
     with strategy.scope():
         model = build_pretrained_network(spec, cfg.weights, cfg.l2)
-    for stage in plan_stages(cfg):
+    stages = plan_stages(cfg)
+    started = time.monotonic()
+    for k, stage in enumerate(stages):
+        deadline = None
+        if cfg.time_budget_minutes:
+            # Share what is left of the budget among the remaining stages, by epochs.
+            left = started + cfg.time_budget_minutes * 60 - time.monotonic()
+            deadline = time.monotonic() + left * stage.epochs / sum(s.epochs for s in stages[k:])
         run_stage(model, stage, cfg, strategy, train_ds, steps, val_ds, out,
-                  class_weight_for(train.labels) if cfg.class_weights else None)
+                  class_weight_for(train.labels) if cfg.class_weights else None, deadline)
     keras.mixed_precision.set_global_policy("float32")
     return finish_run(model, spec, val, out)
 
 
 def run_stage(model, stage: Stage, cfg: TrainConfig, strategy, train_ds, steps: int, val_ds, out: Path,
-              class_weight: dict | None) -> None:
+              class_weight: dict | None, deadline: float | None = None) -> None:
     best = out / f".{stage.name}.best.weights.h5"
     done = out / f".{stage.name}.done"
     if done.exists() and best.exists():
@@ -140,6 +165,8 @@ def run_stage(model, stage: Stage, cfg: TrainConfig, strategy, train_ds, steps: 
         PersistentCheckpoint(best),
         keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=cfg.patience),
     ]
+    if deadline is not None:
+        callbacks.append(TimeBudget(deadline))
     model.fit(train_ds, steps_per_epoch=steps, epochs=stage.epochs, validation_data=val_ds,
               callbacks=callbacks, class_weight=class_weight, shuffle=False, verbose=1 if sys.stdout.isatty() else 2)
     model.load_weights(str(best))

@@ -1,0 +1,79 @@
+"""Benchmark: training steps per second with each augmentation preset vs none (issue: training).
+
+Writes bench/results/pipeline.json. Goal: hybrid >= 0.9 x none (on GPU; the CPU figure is reported too).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from submission.model import build_network  # noqa: E402
+from train.atomic import write_json  # noqa: E402
+from train.pipeline import training_dataset  # noqa: E402
+
+BACKBONE = os.environ.get("BENCH_BACKBONE", "resnet-small")
+IMAGE_SIZE = int(os.environ.get("BENCH_IMAGE_SIZE", "64"))
+BATCH = 64
+STEPS = int(os.environ.get("BENCH_STEPS", "30"))
+
+
+def load_images() -> tuple[np.ndarray, np.ndarray]:
+    for path in (ROOT.parent / "shared/data/pbc96_val.npz", ROOT / "data/sample/train.npz"):
+        if path.is_file():
+            with np.load(path, allow_pickle=False) as data:
+                return data["images"], data["labels"].astype(np.int64)
+    raise SystemExit("no data found")
+
+
+def steps_per_second(images, labels, preset: str) -> float:
+    keras.utils.set_random_seed(0)
+    model = build_network({"backbone": BACKBONE, "image_size": IMAGE_SIZE})
+    model.compile(optimizer="adam", loss="categorical_crossentropy")
+    ds, _ = training_dataset(images, labels, BATCH, preset, balance=0, seed=0)
+    model.fit(ds, steps_per_epoch=5, epochs=1, verbose=0)  # warm-up: tracing
+    start = time.perf_counter()
+    model.fit(ds, steps_per_epoch=STEPS, epochs=1, verbose=0)
+    return STEPS / (time.perf_counter() - start)
+
+
+def augment_only(images, labels, preset: str) -> float:
+    ds, _ = training_dataset(images, labels, BATCH, preset, balance=0, seed=0)
+    it = iter(ds)
+    next(it)
+    start = time.perf_counter()
+    for _ in range(STEPS):
+        next(it)
+    return STEPS * BATCH / (time.perf_counter() - start)
+
+
+def main() -> None:
+    images, labels = load_images()
+    device = "GPU" if tf.config.list_physical_devices("GPU") else f"CPU ({os.cpu_count()} cores)"
+    results = {}
+    for preset in ("none", "v1", "v2", "v3", "hybrid"):
+        sps = steps_per_second(images, labels, preset)
+        results[preset] = {"train_steps_per_s": round(sps, 3), "train_images_per_s": round(sps * BATCH, 1),
+                           "pipeline_only_images_per_s": round(augment_only(images, labels, preset), 1)}
+        print(preset, results[preset], flush=True)
+    ratio = results["hybrid"]["train_steps_per_s"] / results["none"]["train_steps_per_s"]
+    out = {"device": device, "backbone": BACKBONE, "image_size": IMAGE_SIZE, "batch_size": BATCH,
+           "steps_timed": STEPS, "presets": results, "hybrid_over_none": round(ratio, 3), "goal": 0.9,
+           "passed": ratio >= 0.9}
+    write_json(ROOT / "bench/results" / f"pipeline_{'gpu' if device == 'GPU' else 'cpu'}.json", out)
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

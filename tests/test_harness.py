@@ -106,3 +106,17 @@ def test_check_predictions():
     assert "dtype" in check_predictions(np.array([0.0, 1.0]), 2)
     assert "outside 0..7" in check_predictions(np.array([0, 8]), 2)
     assert "shape" in check_predictions(np.array([0, 1, 2]), 2)
+
+
+def test_hard_crash_is_reported(tmp_path):
+    crash = "import os\nclass Model:\n    def predict(self, X):\n        os._exit(3)\n"
+    result = run_zip(_zip(tmp_path, crash), {"x": X})
+    assert result.status == "crash" and "exit code 3" in result.error
+
+
+def test_progress_is_reported(tmp_path):
+    seen = []
+    result = run_zip(_zip(tmp_path, GOOD, {"k.txt": b"1"}), ((f"v{i}", X) for i in range(3)),
+                     progress=lambda stage, done, total: seen.append((stage, done, total)), total=3)
+    assert result.ok
+    assert ("prepare", 3, 3) in seen and seen[-1] == ("predict", 3, 3)

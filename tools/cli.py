@@ -146,8 +146,22 @@ def local_score(
 
     options = ScoreOptions([str(z) for z in zips], str(data), _split_csv(suite), _split_csv(severities, int),
                            time_limit, str(python) if python else None, limit, seed)
-    with console.status("running the submission(s) on clean and shifted data"):
-        dataset, results = run(options)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        tasks: dict[str, int] = {}
+
+        def show(stage: str, done: int, total: int) -> None:
+            label = "shifting the data" if stage == "prepare" else "predicting (fresh process)"
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(label, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+            if stage == "prepare" and done == 1 and "predict" in tasks:  # next zip
+                for task in tasks.values():
+                    bar.reset(task)
+
+        dataset, results = run(options, show)
     for r in results:
         if r.run.error:
             console.print(f"[red]{r.zip_path}: {r.run.status}[/]\n{r.run.error}")

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,43 +91,70 @@ def check_predictions(pred: np.ndarray, n: int) -> str | None:
     return None
 
 
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
 def run_submission(submission_dir: Path, inputs: Mapping[str, np.ndarray] | Iterable[tuple[str, np.ndarray]],
                    time_limit: float = DEFAULT_TIME_LIMIT_S, python: str | None = None,
-                   env: dict[str, str] | None = None) -> IngestionResult:
+                   env: dict[str, str] | None = None, progress: Progress | None = None,
+                   total: int | None = None) -> IngestionResult:
     """Run ``Model().predict`` on each input in a fresh process, like the CodaBench ingestion.
 
     ``inputs`` may be a generator of (name, images): each array is written to disk as it comes, so
     a large shift suite never sits in memory at once. The model is loaded once for all inputs.
+    ``progress`` is called with ("prepare" | "predict", done, total) while the work goes on.
     """
+    report = progress or (lambda *_: None)
     with tempfile.TemporaryDirectory(prefix="bcsub_job_") as job, \
             tempfile.TemporaryDirectory(prefix="bcsub_cwd_") as cwd:
         listing, sizes = [], {}
-        for name, array in (inputs.items() if isinstance(inputs, Mapping) else inputs):
+        items = inputs.items() if isinstance(inputs, Mapping) else inputs
+        total = len(inputs) if isinstance(inputs, Mapping) else total
+        for name, array in items:
             path = os.path.join(job, f"input_{name}.npy")
             np.save(path, array, allow_pickle=False)
             listing.append({"name": name, "path": path})
             sizes[name] = len(array)
+            report("prepare", len(listing), total or len(listing))
         with open(os.path.join(job, "inputs.json"), "w") as handle:
             json.dump(listing, handle)
         command = [python or sys.executable, str(WORKER), str(Path(submission_dir).resolve()), job]
         child_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
         child_env.pop("PYTHONPATH", None)  # the submission must not see this project
+        log_path = Path(job) / "child.log"
         start = time.perf_counter()
-        try:
-            proc = subprocess.run(command, cwd=cwd, env=child_env, capture_output=True, text=True,
-                                  timeout=time_limit)
-            timed_out = False
-        except subprocess.TimeoutExpired as err:
-            proc, timed_out = err, True
+        with open(log_path, "w") as log:
+            child = subprocess.Popen(command, cwd=cwd, env=child_env, stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+            timed_out = _wait(child, job, time_limit, len(listing), report)
         wall = time.perf_counter() - start
-        return _collect(job, proc, timed_out, wall, time_limit, sizes)
+        return _collect(job, child.returncode, log_path.read_text(errors="replace"), timed_out, wall,
+                        time_limit, sizes)
 
 
-def _collect(job: str, proc, timed_out: bool, wall: float, time_limit: float,
+def _wait(child: subprocess.Popen, job: str, time_limit: float, total: int, report: Progress) -> bool:
+    """Wait for the child, reporting finished inputs; kill its process group at the time limit."""
+    deadline = time.monotonic() + time_limit
+    result_file = Path(job) / "result.json"
+    while child.poll() is None:
+        if time.monotonic() > deadline:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+            return True
+        try:
+            done = len(json.loads(result_file.read_text()).get("variants", {}))
+        except (OSError, ValueError):
+            done = 0
+        report("predict", done, total)
+        time.sleep(0.2)
+    report("predict", total, total)
+    return False
+
+
+def _collect(job: str, returncode: int | None, output: str, timed_out: bool, wall: float, time_limit: float,
              sizes: dict[str, int]) -> IngestionResult:
     result_file = Path(job) / "result.json"
     raw = json.loads(result_file.read_text()) if result_file.exists() else {"stage": "start"}
-    stderr = proc.stderr if isinstance(proc.stderr, str) else (proc.stderr or b"").decode(errors="replace")
     result = IngestionResult(ok=False, status="ok", init_seconds=raw.get("init_seconds"), wall_seconds=wall,
                              peak_rss_mb=raw.get("peak_rss_mb"), versions=raw.get("versions", {}),
                              variants=raw.get("variants", {}))
@@ -140,7 +168,7 @@ def _collect(job: str, proc, timed_out: bool, wall: float, time_limit: float,
         return result
     if not raw.get("ok"):
         result.status = "crash"
-        result.error = f"the process died (exit code {proc.returncode}) in stage {raw['stage']}:\n{stderr[-3000:]}"
+        result.error = f"the process died (exit code {returncode}) in stage {raw['stage']}:\n{output[-3000:]}"
         return result
     for name, record in result.variants.items():
         pred_file = Path(job) / f"pred_{name}.npy"

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tools.corruptions import SEVERITIES, SUITES, Variant, apply_variant, plan_variants
-from tools.harness import DEFAULT_TIME_LIMIT_S, IngestionResult, run_zip
+from tools.harness import DEFAULT_TIME_LIMIT_S, IngestionResult, Progress, run_zip
 from train.data import Dataset, load_dataset, stratified_subsample
 from train.metrics import score
 
@@ -103,10 +103,11 @@ def summarise(result: SubmissionScore, seed: int) -> dict:
     return summary
 
 
-def score_zip(zip_path: str, data: Dataset, variants: list[Variant], options: ScoreOptions) -> SubmissionScore:
+def score_zip(zip_path: str, data: Dataset, variants: list[Variant], options: ScoreOptions,
+              progress: Progress | None = None) -> SubmissionScore:
     """Run one zip on every variant (the model is loaded once) and score its answers."""
     run = run_zip(zip_path, iter_inputs(data, variants, options.seed), time_limit=options.time_limit,
-                  python=options.python)
+                  python=options.python, progress=progress, total=len(variants))
     result = SubmissionScore(str(zip_path), run, variants)
     for variant in variants:
         pred = run.predictions.get(variant.name)
@@ -117,12 +118,12 @@ def score_zip(zip_path: str, data: Dataset, variants: list[Variant], options: Sc
     return result
 
 
-def local_score(options: ScoreOptions) -> tuple[Dataset, list[SubmissionScore]]:
+def local_score(options: ScoreOptions, progress: Progress | None = None) -> tuple[Dataset, list[SubmissionScore]]:
     data = load_dataset(options.data, require_all_classes=False)
     if options.limit and options.limit < len(data):
         data = stratified_subsample(data, options.limit, options.seed)
     variants = plan_variants(options.suites, options.severities)
-    return data, [score_zip(path, data, variants, options) for path in options.zips]
+    return data, [score_zip(path, data, variants, options, progress) for path in options.zips]
 
 
 def to_json(data: Dataset, results: list[SubmissionScore]) -> dict:

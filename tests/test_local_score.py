@@ -1,0 +1,55 @@
+"""Scoring: sklearn-exact metrics and the expected-hidden-score estimate with its bootstrap interval."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import accuracy_score, f1_score
+
+from tools.corruptions import plan_variants
+from tools.local_score import expected_hidden_score
+from train.metrics import score
+
+
+def test_score_matches_sklearn():
+    rng = np.random.default_rng(0)
+    y_true = rng.integers(0, 8, 500)
+    y_pred = np.where(rng.random(500) < 0.7, y_true, rng.integers(0, 8, 500))
+    result = score(y_true, y_pred)
+    assert result["accuracy"] == accuracy_score(y_true, y_pred)
+    assert np.isclose(result["macro_f1"], f1_score(y_true, y_pred, average="macro"))
+    assert np.allclose([r["f1"] for r in result["per_class"]], f1_score(y_true, y_pred, average=None))
+    assert np.array(result["confusion"]).sum() == 500 and np.trace(result["confusion"]) == (y_true == y_pred).sum()
+
+
+def test_known_prediction():
+    result = score(np.array([0, 1, 2, 3]), np.array([0, 1, 2, 2]))
+    assert result["accuracy"] == 0.75
+    assert result["per_class"][3]["recall"] == 0.0 and result["per_class"][2]["precision"] == 0.5
+
+
+def _correct(rate: float, n: int, rng) -> np.ndarray:
+    return rng.random(n) < rate
+
+
+def test_expected_hidden_score_mixes_the_two_halves():
+    variants = plan_variants(("clean", "corruptions", "an2dl"), (1, 3, 5))
+    rng = np.random.default_rng(1)
+    n = 4000
+    correct = {v.name: _correct({"clean": 0.98, "corruptions": 0.8, "an2dl": 0.6}[v.suite], n, rng)
+               for v in variants}
+    result = expected_hidden_score(correct, variants, seed=0)
+    an2dl = np.mean([correct[v.name].mean() for v in variants if v.suite == "an2dl"])
+    corruptions = np.mean([correct[v.name].mean() for v in variants if v.suite == "corruptions"])
+    assert np.isclose(result["expected_hidden_accuracy"], (an2dl + corruptions) / 2)
+    low, high = result["ci95"]
+    assert low < result["expected_hidden_accuracy"] < high and high - low < 0.03
+    assert result["based_on"] == ["an2dl", "corruptions"]
+
+
+def test_expected_hidden_score_falls_back_to_clean_and_widens_with_fewer_images():
+    variants = plan_variants(("clean",), (3,))
+    rng = np.random.default_rng(2)
+    wide = expected_hidden_score({"clean": _correct(0.9, 100, rng)}, variants, seed=0)
+    narrow = expected_hidden_score({"clean": _correct(0.9, 10000, rng)}, variants, seed=0)
+    assert wide["based_on"] == ["clean"]
+    assert (wide["ci95"][1] - wide["ci95"][0]) > 3 * (narrow["ci95"][1] - narrow["ci95"][0])

@@ -21,7 +21,7 @@ from tools.corruptions import (
 )
 from train.errors import BcsubError
 
-SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample" / "sample.npz"
+SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample" / "test.npz"
 RANDOM = ("motion_blur", "stain_deposit", "bubble")  # the ones that draw random numbers
 
 

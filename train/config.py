@@ -15,7 +15,7 @@ PRESETS: dict[str, dict] = {
     "demo": dict(backbone="resnet-small", weights="none", image_size=64, epochs=12, augment="v2",
                  batch_size=32, learning_rate=3e-3, patience=20),
     # From scratch on 2 CPU cores in about 30 minutes on the 6,941-image PBC96 train split.
-    "cpu": dict(backbone="resnet-small", weights="none", image_size=64, epochs=30, augment="v3",
+    "cpu": dict(backbone="resnet-small", weights="none", image_size=64, epochs=26, augment="v3",
                 batch_size=64, learning_rate=3e-3, balance=900, patience=8),
     # The winners' recipe on a GPU: pretrained EfficientNetV2S at 224 px, hybrid augmentation, 3 members.
     "gpu": dict(backbone="efficientnetv2s", weights="imagenet", image_size=224, epochs=10,

@@ -1,0 +1,164 @@
+"""Tests for train.augment: presets in tf.data graph mode, range, label mixing, previews."""
+
+from __future__ import annotations
+
+import os
+import random
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from train.augment import (  # noqa: E402
+    PRESETS,
+    FastRandAugment,
+    RandomAffine,
+    RandomDihedral,
+    batch_mixer,
+    image_augmenter,
+    preview_grid,
+)
+from train.errors import BcsubError  # noqa: E402
+
+AUGMENTED = [p for p in PRESETS if p != "none"]
+
+
+def _images(n: int = 8, seed: int = 0) -> np.ndarray:
+    """Synthetic 'cells': a dark purple disc of random size/place on a pale background + noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:96, :96]
+    out = np.empty((n, 96, 96, 3), np.float32)
+    for i in range(n):
+        cy, cx, r = rng.uniform(30, 66), rng.uniform(30, 66), rng.uniform(10, 25)
+        disc = ((yy - cy) ** 2 + (xx - cx) ** 2 < r**2)[..., None]
+        out[i] = np.where(disc, [90, 50, 140], [240, 215, 200]) + rng.normal(0, 8, (96, 96, 3))
+    return np.clip(out, 0, 255).astype(np.float32)
+
+
+def _map_batches(fn, images: np.ndarray, batch: int) -> list[np.ndarray]:
+    ds = tf.data.Dataset.from_tensor_slices(images).batch(batch)
+    ds = ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+    return [b.numpy() for b in ds]
+
+
+def _dihedral_views(img: np.ndarray) -> list[np.ndarray]:
+    return [np.rot90(f, k) for f in (img, img[:, ::-1]) for k in range(4)]
+
+
+@pytest.mark.parametrize("preset", AUGMENTED)
+def test_preset_in_tf_data_keeps_shape_dtype_range(preset: str) -> None:
+    x = _images(10)
+    aug = image_augmenter(preset, seed=1)
+    assert aug is not None
+    batches = _map_batches(aug, x, batch=6)  # sizes 6 and 4: a short last batch too
+    assert [b.shape for b in batches] == [(6, 96, 96, 3), (4, 96, 96, 3)]
+    out = np.concatenate(batches)
+    assert out.dtype == np.float32
+    assert np.isfinite(out).all()
+    assert out.min() >= 0.0 and out.max() <= 255.0
+    changed = np.abs(out - x).reshape(len(x), -1).max(axis=1) > 1.0
+    assert changed.sum() >= (len(x) // 2 if preset == "v1" else len(x))  # v1: identity is 1 of 8
+
+
+def test_none_preset_and_unknown_preset() -> None:
+    assert image_augmenter("none") is None
+    with pytest.raises(BcsubError, match="v1.*hybrid"):
+        image_augmenter("v9")
+    with pytest.raises(BcsubError, match="none"):
+        batch_mixer("strong")
+
+
+def test_augmenter_accepts_uint8_and_small_batches() -> None:
+    x = _images(3).astype(np.uint8)
+    state = random.getstate()
+    aug = image_augmenter("hybrid", seed=0)
+    for n in (1, 2, 3):  # the AugMix share of a hybrid batch (and its chunks) can be empty
+        out = aug(tf.constant(x[:n]))
+        assert out.shape == (n, 96, 96, 3) and out.dtype == tf.float32
+    assert random.getstate() == state  # AugMix's trace-time use of `random` is sandboxed
+
+
+def test_v1_outputs_are_exact_dihedral_transforms_covering_all_eight() -> None:
+    x = np.round(_images(64, seed=2))
+    out = np.concatenate(_map_batches(image_augmenter("v1", seed=3), x, batch=32))
+    seen = set()
+    for img, res in zip(x, out, strict=True):
+        matches = [k for k, v in enumerate(_dihedral_views(img)) if np.array_equal(v, res)]
+        assert matches, "v1 output is not a flip/90-degree rotation of its input"
+        seen.add(matches[0])
+    assert seen == set(range(8))
+
+
+def test_dihedral_index_maps_are_the_eight_symmetries() -> None:
+    maps = RandomDihedral.index_maps(4, 4)
+    img = np.arange(16).reshape(4, 4)
+    got = {tuple(img.reshape(-1)[m]) for m in maps}
+    want = {tuple(v.reshape(-1)) for v in _dihedral_views(img)}
+    assert got == want and len(maps) == 8
+    assert len(RandomDihedral.index_maps(4, 6)) == 4  # non-square: flips only
+
+
+def test_random_affine_with_zero_ranges_is_identity() -> None:
+    x = _images(2)
+    out = RandomAffine(0.0, (0.0, 0.0), 0.0, seed=0)(tf.constant(x), training=True)
+    np.testing.assert_allclose(out.numpy(), x, atol=1e-3)
+
+
+def test_fast_randaugment_matches_keras_randaugment() -> None:
+    x = tf.constant(_images(4))
+    layer = FastRandAugment(value_range=(0, 255), num_ops=2, factor=0.3, seed=5)
+    layer.build(x.shape)
+    for _ in range(3):
+        t = layer.get_random_transformation(x, training=True)
+        fast = layer.transform_images(x, t)
+        ref = keras.layers.RandAugment.transform_images(layer, x, t)
+        np.testing.assert_allclose(fast.numpy(), np.asarray(ref), atol=1e-3)
+
+
+def test_same_seed_same_views_and_batches_differ() -> None:
+    x = tf.constant(_images(4))
+    for preset in ("v2", "v3", "hybrid"):
+        a = image_augmenter(preset, seed=7)(x).numpy()
+        b = image_augmenter(preset, seed=7)(x).numpy()
+        np.testing.assert_array_equal(a, b)
+    same = np.repeat(_images(4)[None], 3, axis=0).reshape(12, 96, 96, 3)
+    batches = _map_batches(image_augmenter("v2", seed=0), same, batch=4)
+    assert not np.allclose(batches[0], batches[1]) and not np.allclose(batches[1], batches[2])
+
+
+def test_batch_mixer_soft_labels_in_tf_data() -> None:
+    for preset in PRESETS:
+        if preset != "hybrid":
+            assert batch_mixer(preset) is None
+    mix = batch_mixer("hybrid", seed=0)
+    x = _images(48)
+    y = tf.one_hot(np.arange(48) % 8, 8)
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(16).map(mix)
+    soft = False
+    for images, labels in ds:
+        images, labels = images.numpy(), labels.numpy()
+        assert images.shape == (16, 96, 96, 3) and images.dtype == np.float32
+        assert np.isfinite(images).all() and images.min() >= 0 and images.max() <= 255
+        assert labels.shape == (16, 8) and labels.dtype == np.float32
+        np.testing.assert_allclose(labels.sum(axis=1), 1.0, atol=1e-5)
+        assert labels.min() >= 0.0
+        soft |= bool(((labels > 1e-3) & (labels < 1 - 1e-3)).any())
+    assert soft
+
+
+@pytest.mark.parametrize("preset", ["none", "v2"])
+def test_preview_grid_writes_png(tmp_path, preset: str) -> None:
+    out = preview_grid(_images(3).astype(np.uint8), preset, tmp_path / "p.png", n_views=2)
+    assert out == tmp_path / "p.png"
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["p.png"]  # no temporary left behind
+
+
+def test_preview_grid_rejects_bad_input(tmp_path) -> None:
+    with pytest.raises(BcsubError, match="N, H, W, 3"):
+        preview_grid(np.zeros((96, 96, 3)), "v1", tmp_path / "p.png")
+    with pytest.raises(BcsubError, match="allowed|use one of"):
+        preview_grid(_images(1), "bogus", tmp_path / "p.png")

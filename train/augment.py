@@ -1,0 +1,533 @@
+"""Augmentation presets built from Keras 3 preprocessing layers, for batched ``tf.data`` pipelines.
+
+Images are float32 ``(b, 96, 96, 3)`` in ``[0, 255]``; every Keras layer gets
+``value_range=(0, 255)``. Apply to batches (parameters are drawn per image)::
+
+    aug = image_augmenter("v2", seed=0)
+    ds = ds.batch(64).map(lambda x, y: (aug(x), y), num_parallel_calls=tf.data.AUTOTUNE)
+    mix = batch_mixer("hybrid", seed=0)  # 'hybrid' only; labels one-hot float32
+    ds = ds.map(mix, num_parallel_calls=tf.data.AUTOTUNE)
+
+Presets: see ``PRESET_DOCS``. Keras 3.15 quirks handled here:
+- ``RandomFlip("horizontal_and_vertical")`` flips both axes with ONE coin (identity or 180 degrees
+  only); ``RandomDihedral`` gives all 8 flips/90-degree rotations exactly.
+- ``RandAugment`` evaluates all its ops and keeps one with ``where`` (11x the work);
+  ``FastRandAugment`` runs only the chosen op.
+- ``AugMix`` picks its op chains with Python's ``random`` at trace time, so in ``tf.data`` (traced
+  once) it repeats one chain structure forever; ``ChunkedVariants`` gives each quarter of the
+  AugMix share its own structure.
+- Layers given the same seed draw identical random numbers, so each layer gets its own seed.
+- Strong factors make ``RandAugment``/``AugMix`` ops destroy cells (1-bit posterization, negative
+  solarization, black equalized nuclei); those ops are left out (see ``RANDAUG_OPS``).
+Requires the TensorFlow Keras backend (the project default).
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from train.atomic import atomic_output
+from train.errors import BcsubError
+
+PRESETS: tuple[str, ...] = ("none", "v1", "v2", "v3", "hybrid")
+PRESET_DOCS: dict[str, str] = {
+    "none": "no augmentation",
+    "v1": "random dihedral (h/v flips + transpose: all 8 flips/90-degree rotations)",
+    "v2": "v1 + rotation/zoom/shift (reflect) + colour & stain jitter + blur + noise",
+    "v3": "v2 + RandAugment",
+    "hybrid": "v1 + rotation/zoom/shift + AugMix (1/4 of each batch) or RandAugment (3/4) "
+    "+ v2 colour, blur, noise; CutMix or MixUp per batch",
+}
+VALUE_RANGE = (0.0, 255.0)
+
+# Strengths (value_range units are 0..255). Contrast x[0.45, 1.55]; saturation x[0.33, 1.63]
+# (keras maps factor f to f / (1 - f)); hue +-0.08 of the colour circle (shift = factor / 2).
+ROTATION_FACTOR = 0.125  # +-45 degrees; with the 90-degree steps of v1 this covers every angle
+ZOOM_FACTOR = (-0.2, 0.2)  # negative zooms in
+SHIFT_FACTOR = 0.08
+BRIGHTNESS_FACTOR = 0.15
+CONTRAST_FACTOR = 0.55  # keras sorts a (lower, upper) tuple, so asymmetric ranges are not possible
+SATURATION_FACTOR = (0.25, 0.62)
+HUE_FACTOR = 0.16
+CHANNEL_GAIN = 0.08  # per-channel x[0.92, 1.08] stain/white-balance cast
+CHANNEL_SHIFT = 8.0  # per-channel +-8 offset
+BLUR_PROB = 0.25
+BLUR_SIGMA = (0.3, 1.5)
+NOISE_PROB = 0.3
+NOISE_MAX_STD = 12.0
+# Ops dropped after looking at previews of real cells: Keras's factor->magnitude map makes
+# posterization 1-bit and solarization a near-negative; per-channel equalization turns nuclei black
+# and the background to noise. RandAugment's rotation/translation (RandomAffine covers them; at
+# +-30 % shift the cell leaves the frame) and brightness (+-76 on top of the jitter: black nuclei)
+# are dropped too.
+RANDAUG_FACTOR = 0.25
+RANDAUG_NUM_OPS = 2
+RANDAUG_OPS = (
+    "random_shear",
+    "random_color_degeneration",
+    "random_contrast",
+    "random_sharpness",
+    "auto_contrast",
+)
+AUGMIX_FACTOR = 0.2
+AUGMIX_ALL_OPS = [  # keras AugMix(all_ops=True) op names
+    "random_shear",
+    "random_translation",
+    "random_rotation",
+    "random_posterization",
+    "solarization",
+    "auto_contrast",
+    "equalization",
+    "random_brightness",
+    "random_color_degeneration",
+    "random_contrast",
+    "random_sharpness",
+]
+AUGMIX_OPS = (
+    "random_shear",
+    "random_translation",
+    "random_rotation",
+    "auto_contrast",
+    "random_brightness",
+    "random_color_degeneration",
+    "random_contrast",
+    "random_sharpness",
+)
+AUGMIX_DEPTH = 2  # keras picks op-or-nothing per slot: mean 1.8 ops/chain (paper: 1-3, mean 2)
+AUGMIX_CHUNKS = 4  # chain structures per batch (see ChunkedVariants)
+AUGMIX_FRACTION = 0.25  # share of each hybrid batch given AugMix (~5x the cost of RandAugment)
+MIXUP_ALPHA = 0.4
+CUTMIX_FACTOR = 1.0
+
+
+class RandomDihedral(keras.layers.Layer):
+    """Each image gets one of the 8 flips/90-degree rotations, uniformly (exact, one gather pass).
+
+    Same distribution as two single-axis ``RandomFlip`` layers plus a random transpose, ~4x faster
+    (no Keras layer gives exact 90-degree rotations). Non-square images get the 4 flips only.
+    """
+
+    def __init__(self, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.generator = keras.random.SeedGenerator(seed)
+
+    @staticmethod
+    def index_maps(height: int, width: int) -> np.ndarray:
+        """(k, height*width) flat source index of each output pixel, for each transform k."""
+        idx = np.arange(height * width, dtype=np.int32).reshape(height, width)
+        bases = (idx, idx.T) if height == width else (idx,)
+        return np.stack(
+            [m.reshape(-1) for t in bases for m in (t, t[::-1], t[:, ::-1], t[::-1, ::-1])]
+        )
+
+    def call(self, images, training=True):
+        if not training:
+            return images
+        _, height, width, channels = images.shape
+        maps = tf.constant(self.index_maps(height, width))
+        n = tf.shape(images)[0]
+        k = keras.random.randint((n,), 0, maps.shape[0], seed=self.generator)
+        flat = tf.reshape(images, (n, height * width, channels))
+        out = tf.gather(flat, tf.gather(maps, k), batch_dims=1)
+        return tf.reshape(out, tf.shape(images))
+
+
+class RandomAffine(keras.layers.Layer):
+    """Rotation, zoom and shift fused into ONE resampling (``keras.ops.image.affine_transform``).
+
+    Same ranges as ``RandomRotation(rotation)``, ``RandomZoom(zoom)`` and
+    ``RandomTranslation(shift, shift)`` in a row, at a third of the cost and one interpolation.
+    """
+
+    def __init__(
+        self,
+        rotation: float,
+        zoom: tuple[float, float],
+        shift: float,
+        fill_mode: str = "reflect",
+        seed: int | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.rotation, self.zoom, self.shift, self.fill_mode = rotation, zoom, shift, fill_mode
+        self.generator = keras.random.SeedGenerator(seed)
+
+    def call(self, images, training=True):
+        if not training:
+            return images
+        _, height, width, _ = images.shape
+        n = tf.shape(images)[0]
+        u = keras.random.uniform((n, 4), -1.0, 1.0, seed=self.generator)
+        angle = u[:, 0] * self.rotation * 2.0 * np.pi
+        lo, hi = self.zoom
+        scale = 1.0 + lo + (u[:, 1] + 1.0) * 0.5 * (hi - lo)  # < 1 zooms in
+        tx, ty = u[:, 2] * self.shift * width, u[:, 3] * self.shift * height
+        cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
+        cos, sin = tf.cos(angle) * scale, tf.sin(angle) * scale
+        # output (x, y) -> input: scale * R(angle) @ (p - c) + c - t
+        a2 = cx - cos * cx + sin * cy - tx
+        b2 = cy - sin * cx - cos * cy - ty
+        zeros = tf.zeros_like(cos)
+        transform = tf.stack([cos, -sin, a2, sin, cos, b2, zeros, zeros], axis=1)
+        return keras.ops.image.affine_transform(
+            images, transform, interpolation="bilinear", fill_mode=self.fill_mode
+        )
+
+
+class FastRandAugment(keras.layers.RandAugment):
+    """``keras.layers.RandAugment`` restricted to ``ops``, running only the chosen op.
+
+    Keras draws the ops once per batch but evaluates all of them and selects with ``where``; here
+    ``tf.switch_case`` runs only the chosen one (same output for the same random transformation).
+    """
+
+    def __init__(self, ops: tuple[str, ...] = RANDAUG_OPS, **kwargs):
+        super().__init__(**kwargs)
+        _check_ops(ops, keras.layers.RandAugment._AUGMENT_LAYERS, "RandAugment")
+        self._AUGMENT_LAYERS = list(ops)
+
+    def transform_images(self, images, transformation, training=True):
+        images = tf.cast(images, self.compute_dtype)
+        if not training:
+            return images
+        transforms = transformation["transforms"]
+        names = list(transforms)
+        for i in range(self.num_ops):
+            branches = [
+                functools.partial(_apply_op, self, name, images, transforms[name]) for name in names
+            ]
+            images = tf.switch_case(transformation["layer_idxes"][i], branches)
+        return images
+
+
+class CellAugMix(keras.layers.AugMix):
+    """``keras.layers.AugMix`` restricted to ``ops``.
+
+    Keras picks each chain's ops with Python's ``random`` while tracing, so in a traced graph the
+    chain structure is fixed (magnitudes and mixing weights stay random); see ``ChunkedVariants``.
+    """
+
+    def __init__(self, ops: tuple[str, ...] = AUGMIX_OPS, **kwargs):
+        super().__init__(all_ops=True, **kwargs)
+        _check_ops(ops, AUGMIX_ALL_OPS, "AugMix")
+        self._augment_layers = list(ops)
+
+
+def _apply_op(parent: keras.layers.Layer, name: str, images, transform):
+    """``parent``'s sub-layer ``name`` applied with a drawn ``transform``; dtype and shape kept."""
+    out = getattr(parent, name).transform_images(images, transform)
+    return tf.ensure_shape(tf.cast(out, parent.compute_dtype), images.shape)
+
+
+def _check_ops(ops: tuple[str, ...], allowed: list[str], what: str) -> None:
+    unknown = sorted(set(ops) - set(allowed))
+    if unknown or not ops:
+        raise BcsubError(f"bad {what} ops {unknown or 'none'}; choose from {', '.join(allowed)}")
+
+
+class RandomChannelCast(keras.layers.Layer):
+    """Per-image, per-channel gain and offset: a stain / white-balance cast."""
+
+    def __init__(self, gain: float, shift: float, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.gain, self.shift = gain, shift
+        self.generator = keras.random.SeedGenerator(seed)
+
+    def call(self, images, training=True):
+        if not training:
+            return images
+        shape = (tf.shape(images)[0], 1, 1, 3)
+        g = keras.random.uniform(shape, 1.0 - self.gain, 1.0 + self.gain, seed=self.generator)
+        b = keras.random.uniform(shape, -self.shift, self.shift, seed=self.generator)
+        return tf.clip_by_value(images * g + b, *VALUE_RANGE)
+
+
+class RandomGaussianNoise(keras.layers.Layer):
+    """With probability ``rate`` per image, add N(0, s^2) noise with s ~ U(0, max_std).
+
+    Noise is drawn only for the chosen images (normal draws are the costly part).
+    """
+
+    def __init__(self, rate: float, max_std: float, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.rate, self.max_std = rate, max_std
+        self.generator = keras.random.SeedGenerator(seed)
+
+    def call(self, images, training=True):
+        if not training:
+            return images
+        n = tf.shape(images)[0]
+        u = keras.random.uniform((n, 2), seed=self.generator)
+        chosen = tf.where(u[:, 0] < self.rate)  # (m, 1) indices
+        std = tf.gather(u[:, 1], chosen[:, 0]) * self.max_std
+        shape = tf.concat([tf.shape(chosen)[:1], tf.shape(images)[1:]], axis=0)
+        noise = keras.random.normal(shape, seed=self.generator) * std[:, None, None, None]
+        return tf.clip_by_value(tf.tensor_scatter_nd_add(images, chosen, noise), *VALUE_RANGE)
+
+
+class ChunkedVariants(keras.layers.Layer):
+    """Split the batch into ``n`` chunks and trace ``layer`` separately for each.
+
+    For layers (AugMix) that draw their structure with Python's ``random`` at trace time: ``n``
+    chunks get ``n`` different structures (a ``tf.switch_case`` over traced variants costs far
+    more per batch on CPU). Python's ``random`` is seeded per chunk and restored afterwards, so the
+    structures depend on ``seed`` only.
+    """
+
+    def __init__(self, layer: keras.layers.Layer, n: int, seed: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.inner, self.n, self.seed = layer, n, seed
+
+    def build(self, input_shape):  # building children avoids Keras's extra symbolic trace
+        self.inner.build(input_shape)
+
+    def call(self, images, training=True):
+        if not training:
+            return images
+        size = tf.shape(images)[0]
+        bounds = [size * i // self.n for i in range(self.n + 1)]
+        parts = []
+        for i in range(self.n):
+            state = random.getstate()
+            random.seed(self.seed * 1000 + i)
+            try:
+                parts.append(_maybe(self.inner, images[bounds[i] : bounds[i + 1]]))
+            finally:
+                random.setstate(state)
+        return tf.concat(parts, axis=0)
+
+
+def _maybe(layer: keras.layers.Layer, images):
+    """``layer(images)``, skipped for an empty slice (AutoContrast fails on one)."""
+    return tf.cond(
+        tf.shape(images)[0] > 0,
+        lambda: tf.ensure_shape(layer(images, training=True), images.shape),
+        lambda: images,
+    )
+
+
+class SplitApply(keras.layers.Layer):
+    """The first ``fraction`` of the batch goes through ``first``, the rest through ``second``.
+
+    A per-image choice when the dataset is shuffled before batching; each image pays for one layer.
+    """
+
+    def __init__(
+        self, first: keras.layers.Layer, second: keras.layers.Layer, fraction: float, **kwargs
+    ):
+        super().__init__(**kwargs)
+        self.first, self.second, self.fraction = first, second, fraction
+
+    def build(self, input_shape):  # building children avoids Keras's extra symbolic trace
+        self.first.build(input_shape)
+        self.second.build(input_shape)
+
+    def call(self, images, training=True):
+        if not training:
+            return images
+        n = tf.shape(images)[0]
+        cut = tf.cast(tf.round(tf.cast(n, tf.float32) * self.fraction), tf.int32)
+        a = _maybe(self.first, images[:cut])
+        b = _maybe(self.second, images[cut:])
+        return tf.concat([a, b], axis=0)
+
+
+def _check_preset(preset: str) -> None:
+    if preset not in PRESETS:
+        raise BcsubError(
+            f"unknown augmentation preset {preset!r}; use one of: {', '.join(PRESETS)}"
+        )
+
+
+def _seeds(seed: int) -> Iterator[int]:
+    """Distinct per-layer seeds (layers with equal seeds draw identical random numbers)."""
+    i = 0
+    while True:
+        i += 1
+        yield seed * 1000 + i
+
+
+def _dihedral(s: Iterator[int]) -> list[keras.layers.Layer]:
+    return [RandomDihedral(seed=next(s))]
+
+
+def _geometry(s: Iterator[int]) -> list[keras.layers.Layer]:
+    return [RandomAffine(ROTATION_FACTOR, ZOOM_FACTOR, SHIFT_FACTOR, seed=next(s))]
+
+
+def _colour(s: Iterator[int]) -> list[keras.layers.Layer]:
+    return [
+        keras.layers.RandomColorJitter(
+            value_range=VALUE_RANGE,
+            brightness_factor=BRIGHTNESS_FACTOR,
+            contrast_factor=CONTRAST_FACTOR,
+            saturation_factor=SATURATION_FACTOR,
+            hue_factor=HUE_FACTOR,
+            seed=next(s),
+        ),
+        RandomChannelCast(CHANNEL_GAIN, CHANNEL_SHIFT, seed=next(s)),
+    ]
+
+
+def _degrade(s: Iterator[int]) -> list[keras.layers.Layer]:
+    return [
+        keras.layers.RandomGaussianBlur(
+            factor=(BLUR_PROB, BLUR_PROB),
+            kernel_size=5,
+            sigma=BLUR_SIGMA,
+            value_range=VALUE_RANGE,
+            seed=next(s),
+        ),
+        RandomGaussianNoise(NOISE_PROB, NOISE_MAX_STD, seed=next(s)),
+    ]
+
+
+def _randaugment(s: Iterator[int]) -> keras.layers.Layer:
+    return FastRandAugment(
+        value_range=VALUE_RANGE, num_ops=RANDAUG_NUM_OPS, factor=RANDAUG_FACTOR, seed=next(s)
+    )
+
+
+def _augmix(s: Iterator[int]) -> keras.layers.Layer:
+    layer = CellAugMix(
+        value_range=VALUE_RANGE, factor=AUGMIX_FACTOR, chain_depth=AUGMIX_DEPTH, seed=next(s)
+    )
+    return ChunkedVariants(layer, AUGMIX_CHUNKS, seed=next(s))
+
+
+def _layers(preset: str, seed: int) -> list[keras.layers.Layer]:
+    s = _seeds(seed)
+    if preset == "v1":
+        return _dihedral(s)
+    if preset == "v2":
+        return _dihedral(s) + _geometry(s) + _colour(s) + _degrade(s)
+    if preset == "v3":
+        return _dihedral(s) + _geometry(s) + [_randaugment(s)] + _colour(s) + _degrade(s)
+    # hybrid
+    split = SplitApply(_augmix(s), _randaugment(s), AUGMIX_FRACTION)
+    return _dihedral(s) + _geometry(s) + [split] + _colour(s) + _degrade(s)
+
+
+def image_augmenter(preset: str, seed: int = 0) -> Callable[[tf.Tensor], tf.Tensor] | None:
+    """Per-image augmentation for a batch: float32 (b,96,96,3) in [0,255] -> same shape/dtype/range.
+
+    None for preset 'none'. Unknown preset -> BcsubError naming the allowed presets. Works eagerly
+    and inside ``tf.data`` ``map`` (graph mode); random draws differ per batch and per epoch.
+    """
+    _check_preset(preset)
+    if preset == "none":
+        return None
+    layers = _layers(preset, seed)
+    for layer in layers:  # built now, Keras does not trace each container symbolically first
+        layer.build((None, None, None, 3))
+    pipeline = keras.layers.Pipeline(layers, name=f"augment_{preset}")
+
+    def run(images: tf.Tensor) -> tf.Tensor:
+        out = tf.cast(pipeline(images, training=True), tf.float32)
+        out = tf.clip_by_value(tf.where(tf.math.is_finite(out), out, 0.0), *VALUE_RANGE)
+        return tf.ensure_shape(out, images.shape)
+
+    compiled: dict[tuple[int, ...], Callable[[tf.Tensor], tf.Tensor]] = {}
+
+    def augment(images: tf.Tensor) -> tf.Tensor:
+        images = tf.cast(images, tf.float32)
+        if not tf.executing_eagerly():  # tf.data map / tf.function: already a graph
+            return run(images)
+        key = tuple(images.shape[1:])  # eager: one compiled graph per image size, any batch size
+        if key not in compiled:
+            spec = tf.TensorSpec((None, *key), tf.float32)
+            compiled[key] = tf.function(run, input_signature=[spec])
+        return compiled[key](images)
+
+    return augment
+
+
+def batch_mixer(
+    preset: str, seed: int = 0
+) -> Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]] | None:
+    """Per-batch CutMix or MixUp (coin flip per batch) for 'hybrid'; None for other presets.
+
+    (images float32 (b,96,96,3), labels one-hot float32 (b,8)) -> (mixed images, soft labels that
+    sum to 1). Apply after batching (and after ``image_augmenter``).
+    """
+    _check_preset(preset)
+    if preset != "hybrid":
+        return None
+    s = _seeds(seed + 7919)
+    cutmix = keras.layers.CutMix(factor=CUTMIX_FACTOR, seed=next(s))
+    mixup = keras.layers.MixUp(alpha=MIXUP_ALPHA, seed=next(s))
+    coin_gen = keras.random.SeedGenerator(next(s))
+
+    def mix(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        images = tf.cast(images, tf.float32)
+        labels = tf.cast(labels, tf.float32)
+        data = {"images": images, "labels": labels}
+
+        def run(layer: keras.layers.Layer) -> Callable[[], tuple[tf.Tensor, tf.Tensor]]:
+            def branch() -> tuple[tf.Tensor, tf.Tensor]:
+                out = layer(data, training=True)
+                return tf.cast(out["images"], tf.float32), tf.cast(out["labels"], tf.float32)
+
+            return branch
+
+        coin = keras.random.uniform((), seed=coin_gen) < 0.5
+        x, y = tf.cond(coin, run(cutmix), run(mixup))
+        x = tf.ensure_shape(tf.clip_by_value(x, *VALUE_RANGE), images.shape)
+        y = y / tf.reduce_sum(y, axis=-1, keepdims=True)
+        return x, tf.ensure_shape(y, labels.shape)
+
+    return mix
+
+
+def preview_grid(
+    images: np.ndarray,
+    preset: str,
+    out_png: Path,
+    n_images: int = 8,
+    n_views: int = 6,
+    seed: int = 0,
+) -> Path:
+    """Grid PNG: each row one image: original then ``n_views`` augmented views (per-image part only;
+    CutMix/MixUp not shown). Matplotlib Agg, atomic write. Returns ``out_png``."""
+    _check_preset(preset)
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] != 3 or len(images) == 0:
+        raise BcsubError(
+            f"preview_grid needs a non-empty (N, H, W, 3) image array, got shape {images.shape}; "
+            "pass e.g. the 'images' array of a dataset npz"
+        )
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    batch = images[:n_images].astype(np.float32)
+    augment = image_augmenter(preset, seed=seed)
+    views = [
+        batch if augment is None else augment(tf.constant(batch)).numpy() for _ in range(n_views)
+    ]
+    rows, cols = len(batch), n_views + 1
+    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.3 * rows), squeeze=False)
+    for r in range(rows):
+        for c in range(cols):
+            img = batch[r] if c == 0 else views[c - 1][r]
+            ax = axes[r, c]
+            ax.imshow(np.clip(img, 0, 255).astype(np.uint8))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title("original" if c == 0 else f"view {c}", fontsize=7)
+    fig.suptitle(f"preset {preset!r}: {PRESET_DOCS[preset]}", fontsize=7)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    with atomic_output(out_png) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return out_png

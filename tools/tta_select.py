@@ -26,6 +26,16 @@ class TTAChoice:
     member_weights: list[float]
     table: list[dict]  # one row per candidate: name, views, weighting, clean, shifted, score
 
+    def limited_to(self, max_views: int) -> TTAChoice:
+        """The best candidate with at most ``max_views`` views (same rule: a bigger set must win by MIN_GAIN)."""
+        best = None
+        for row in self.table:
+            row.pop("chosen", None)
+            if row["views"] <= max_views and (best is None or row["score"] > best["score"] + MIN_GAIN):
+                best = row
+        best["chosen"] = True
+        return TTAChoice(CANDIDATE_VIEW_SETS[best["name"]], best["weights"], self.table)
+
 
 def view_probabilities(models: list, images: np.ndarray, views: tuple[str, ...],
                        batch_size: int) -> np.ndarray:
@@ -64,6 +74,7 @@ def choose_tta(models: list, eval_sets: dict[str, tuple[np.ndarray, np.ndarray]]
                    "clean": acc.get("clean", float("nan")),
                    "shifted": float(np.mean(shifted)) if shifted else float("nan")}
             row["score"] = float(np.nanmean([row["clean"], row["shifted"]]))
+            row["weights"] = [float(x) for x in w]
             rows.append(row)
             if best is None or row["score"] > best[0]["score"] + MIN_GAIN:
                 best = (row, views, w)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
@@ -45,6 +46,7 @@ def plan_stages(cfg: TrainConfig) -> list[Stage]:
     return stages
 
 
+@functools.cache
 def make_strategy(multi_worker: bool) -> tf.distribute.Strategy:
     """MultiWorkerMirrored from TF_CONFIG when asked, Mirrored on several GPUs, else the default."""
     if multi_worker:
@@ -122,11 +124,11 @@ def fit_member(cfg: TrainConfig, train: Dataset, val: Dataset, out: Path, backbo
     if is_complete_run(out):
         return json.loads((out / "metrics.json").read_text())
     write_json(out / CONFIG_FILE, {**cfg.to_json(), "backbone": backbone, "seed": seed})
+    strategy = make_strategy(cfg.multi_worker)  # first: multi-worker set-up must precede other TF work
     keras.utils.set_random_seed(seed)
     gpus = tf.config.list_physical_devices("GPU")
     if cfg.mixed_precision if cfg.mixed_precision is not None else bool(gpus):
         keras.mixed_precision.set_global_policy("mixed_float16")
-    strategy = make_strategy(cfg.multi_worker)
     batch_size = cfg.batch_size * strategy.num_replicas_in_sync
     train_ds, steps = training_dataset(train.images, train.labels, batch_size, cfg.augment,
                                        cfg.balance, seed)

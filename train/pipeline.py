@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import tensorflow as tf
 
@@ -69,7 +67,3 @@ def evaluation_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int) 
         lambda x, y: (tf.cast(x, tf.float32), tf.one_hot(y, NUM_CLASSES)), num_parallel_calls=AUTOTUNE
     )
     return ds.prefetch(AUTOTUNE)
-
-
-def steps_for(n: int, batch_size: int) -> int:
-    return max(1, math.ceil(n / batch_size))

@@ -1,0 +1,52 @@
+"""Packaging pieces: TTA choice, view resolution, import checks, layout checks."""
+
+from __future__ import annotations
+
+import zipfile
+
+import numpy as np
+import pytest
+
+from submission import model as runtime
+from tools.package import resolve_views
+from tools.tta_select import choose_tta
+from tools.validate import ValidationReport, check_layout, imported_modules
+from train.errors import BcsubError
+
+
+def test_resolve_views():
+    assert resolve_views("auto") is None
+    assert resolve_views("8") == runtime.DIHEDRAL_VIEWS
+    assert resolve_views("flips2") == ("identity", "flip_lr")
+    assert resolve_views("identity, blur") == ("identity", "blur")
+    with pytest.raises(BcsubError, match="--tta 9"):
+        resolve_views("9")
+    with pytest.raises(BcsubError, match="unknown TTA views"):
+        resolve_views("identity,spin")
+
+
+def test_choose_tta_scores_candidates_and_limits_views():
+    models = [runtime.build_network({"backbone": "tinycnn"}) for _ in range(2)]
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (16, 96, 96, 3), dtype=np.uint8)
+    y = rng.integers(0, 8, 16)
+    choice = choose_tta(models, {"clean": (x, y), "blur@3": (x[:, ::-1], y)})
+    assert sum(bool(row.get("chosen")) for row in choice.table) == 1
+    assert {row["weighting"] for row in choice.table} == {"uniform", "accuracy"}
+    assert np.isclose(sum(choice.member_weights), 1.0) and len(choice.member_weights) == 2
+    small = choice.limited_to(2)
+    assert len(small.views) <= 2 and sum(bool(row.get("chosen")) for row in small.table) == 1
+
+
+def test_imported_modules():
+    source = "import os, numpy as np\nfrom tensorflow import keras\nfrom . import x\nimport train.data\n"
+    assert imported_modules(source) == {"os", "numpy", "tensorflow", "train"}
+
+
+def test_nested_zip_fails_layout(tmp_path):
+    path = tmp_path / "nested.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("submission/model.py", "x = 1\n")
+    report = ValidationReport()
+    assert not check_layout(path, report)
+    assert "zip the files, not their folder" in report.failures()[0].detail

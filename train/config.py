@@ -12,7 +12,7 @@ from train.errors import BcsubError
 # Named starting points; explicit CLI options override them.
 PRESETS: dict[str, dict] = {
     # Seconds on a laptop: the embedded sample, a tiny net (used by `make demo`).
-    "demo": dict(backbone="resnet-small", weights="none", image_size=64, epochs=12, augment="v2",
+    "demo": dict(backbone="resnet-small", weights="none", image_size=64, epochs=20, augment="v2",
                  batch_size=32, learning_rate=3e-3, patience=20),
     # From scratch on 2 CPU cores in about 30 minutes on the 6,941-image PBC96 train split.
     "cpu": dict(backbone="resnet-small", weights="none", image_size=64, epochs=26, augment="v3",

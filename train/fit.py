@@ -138,6 +138,7 @@ def fit_member(cfg: TrainConfig, train: Dataset, val: Dataset, out: Path, backbo
         model = build_pretrained_network(spec, cfg.weights, cfg.l2)
     stages = plan_stages(cfg)
     started = time.monotonic()
+    wall_start = time.time()
     for k, stage in enumerate(stages):
         deadline = None
         if cfg.time_budget_minutes:
@@ -147,7 +148,7 @@ def fit_member(cfg: TrainConfig, train: Dataset, val: Dataset, out: Path, backbo
         run_stage(model, stage, cfg, strategy, train_ds, steps, val_ds, out,
                   class_weight_for(train.labels) if cfg.class_weights else None, deadline)
     keras.mixed_precision.set_global_policy("float32")
-    return finish_run(model, spec, val, out)
+    return finish_run(model, spec, val, out, train_seconds=time.time() - wall_start)
 
 
 def run_stage(model, stage: Stage, cfg: TrainConfig, strategy, train_ds, steps: int, val_ds, out: Path,
@@ -175,10 +176,10 @@ def run_stage(model, stage: Stage, cfg: TrainConfig, strategy, train_ds, steps: 
     done.touch()
 
 
-def finish_run(model: keras.Model, spec: dict, val: Dataset, out: Path) -> dict:
+def finish_run(model: keras.Model, spec: dict, val: Dataset, out: Path, train_seconds: float) -> dict:
     """Write metrics and plots, then the weights and model spec last (their presence marks completion)."""
     probs = TTAEnsemble([model]).predict_proba(val.images)
-    metrics = score(val.labels, probs.argmax(axis=1))
+    metrics = {**score(val.labels, probs.argmax(axis=1)), "train_seconds": train_seconds}
     write_json(out / "metrics.json", metrics)
     with atomic_output(out / "val_predictions.npz") as tmp, open(tmp, "wb") as handle:
         np.savez(handle, probs=probs, labels=val.labels)

@@ -29,7 +29,8 @@ from tools.package import PackageOptions, package  # noqa: E402
 from train.atomic import write_json  # noqa: E402
 
 N = int(os.environ.get("BENCH_N", "2000"))
-BACKBONES = os.environ.get("BENCH_BACKBONES", "resnet-small:64,efficientnetv2s:96").split(",")
+# backbone:image_size[:images] — a large backbone on CPU is timed on fewer images.
+BACKBONES = os.environ.get("BENCH_BACKBONES", "resnet-small:64,efficientnetv2s:96:400").split(",")
 NAIVE_IMAGES = {"resnet-small": 60, "tinycnn": 60}  # the naive loop is timed on a subset, then per image
 
 
@@ -118,8 +119,8 @@ def main() -> None:
     out = {"device": device, "cpus": os.cpu_count(), "backbones": []}
     with tempfile.TemporaryDirectory() as tmp:
         for entry in BACKBONES:
-            backbone, size = entry.split(":")
-            row = bench_backbone(backbone, int(size), Path(tmp), X)
+            backbone, size, *n = entry.split(":")
+            row = bench_backbone(backbone, int(size), Path(tmp), X[: int(n[0])] if n else X)
             print(json.dumps(row, indent=1), flush=True)
             out["backbones"].append(row)
         first_zip = Path(out["backbones"][0]["zip"])

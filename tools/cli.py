@@ -45,7 +45,8 @@ def train(
     folds: Annotated[int | None, typer.Option(help="Stratified k-fold members (saves out-of-fold predictions)")] = None,
     limit: Annotated[int | None, typer.Option(help="Use about N images (stratified) for quick runs")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed")] = None,
-    patience: Annotated[int | None, typer.Option(help="Early-stopping patience (epochs)")] = None,
+    patience: Annotated[int | None, typer.Option(
+        help="Early-stopping patience in epochs (0: off; the best epoch is kept anyway)")] = None,
     time_budget: Annotated[float | None, typer.Option("--time-budget",
                                                       help="Stop training after about this many minutes")] = None,
     clean: Annotated[bool | None, typer.Option(help="Remove outliers and duplicates first (see inspect)")] = None,

@@ -166,8 +166,9 @@ def run_stage(model, stage: Stage, cfg: TrainConfig, strategy, train_ds, steps: 
         keras.callbacks.BackupAndRestore(str(out / ".backup" / stage.name)),
         keras.callbacks.CSVLogger(str(out / HISTORY_FILE), append=True),
         PersistentCheckpoint(best),
-        keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=cfg.patience),
     ]
+    if cfg.patience:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=cfg.patience))
     if deadline is not None:
         callbacks.append(TimeBudget(deadline))
     model.fit(train_ds, steps_per_epoch=steps, epochs=stage.epochs, validation_data=val_ds,

@@ -24,14 +24,16 @@ def plot_shift_accuracy(results, path: Path) -> Path:
     cols = len(results)
     fig, axes = plt.subplots(1, cols, figsize=(7 * cols, 5), squeeze=False)
     for ax, result in zip(axes[0], results):
-        for kind in kinds:
+        colours = plt.cm.tab20(np.linspace(0, 1, max(len(kinds), 1)))
+        for colour, kind in zip(colours, kinds):
             points = sorted((v.severity, result.scores[v.name]["accuracy"]) for v in result.variants
                             if v.kind == kind and v.name in result.scores)
             if points:
                 xs, ys = zip(*points)
-                ax.plot(xs, ys, marker="o", label=kind, linewidth=2.5 if kind == "an2dl" else 1.2)
+                ax.plot(xs, ys, marker="o", label=kind, color="black" if kind == "an2dl" else colour,
+                        linewidth=2.5 if kind == "an2dl" else 1.2)
         if "clean" in result.scores:
-            ax.axhline(result.scores["clean"]["accuracy"], color="black", linestyle="--", label="clean")
+            ax.axhline(result.scores["clean"]["accuracy"], color="grey", linestyle="--", label="clean")
         ax.set_ylim(0, 1.02)
         ax.set_xlabel("severity (an2dl: strength)")
         ax.set_ylabel("accuracy")

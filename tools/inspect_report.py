@@ -18,7 +18,7 @@ from matplotlib.figure import Figure  # the object API renders with Agg, no pypl
 from sklearn.decomposition import PCA
 from sklearn.preprocessing import StandardScaler
 
-from train.atomic import atomic_output, write_json
+from train.atomic import write_json
 from train.cleaning import (
     CleaningPlan,
     InspectionResult,
@@ -26,6 +26,7 @@ from train.cleaning import (
 )
 from train.data import CLASS_NAMES, save_npz
 from train.errors import BcsubError
+from train.plots import save_figure
 
 MAX_GROUP_PNGS = 20
 MAX_GROUP_MEMBERS_SHOWN = 16
@@ -37,12 +38,6 @@ CLASS_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2
 def class_name(label: int) -> str:
     """Name of a class label (the label itself as text when out of range)."""
     return CLASS_NAMES[label] if 0 <= label < len(CLASS_NAMES) else str(label)
-
-
-def _save(fig: Figure, path: Path) -> Path:
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    return path
 
 
 def _image_grid(
@@ -61,7 +56,7 @@ def _image_grid(
         ax.set_title(caption, fontsize=7)
         ax.axis("off")
     fig.suptitle(title, fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _ordered_groups(result: InspectionResult) -> list[tuple[str, int, list[int]]]:
@@ -155,7 +150,7 @@ def plot_embedding(
     ax.set_title(f"PCA of colour/texture features: {shown}", fontsize=9)
     ax.legend(fontsize=7, markerscale=2, loc="best")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def write_inspection(

@@ -225,28 +225,42 @@ class TTAEnsemble:
         self.member_weights = weights / weights.sum()
         self.views = tta_views(views)
         self.chunk_size = max(1, int(batch_size) // len(self.views))
-        self._predict_chunk = tf.function(
-            self._chunk_probabilities,
-            input_signature=[tf.TensorSpec([None, *IMAGE_SHAPE], tf.float32)],
-            reduce_retracing=True,
-        )
+        signature = [tf.TensorSpec([None, *IMAGE_SHAPE], tf.float32)]
+        self._views_chunk = tf.function(self._chunk_view_probabilities, input_signature=signature,
+                                        reduce_retracing=True)
+        self._average_chunk = tf.function(self._chunk_probabilities, input_signature=signature,
+                                          reduce_retracing=True)
 
-    def _chunk_probabilities(self, x):
+    def _chunk_view_probabilities(self, x):
+        """Softmax of every member on every view of a chunk: (members, views, n, classes)."""
         n = tf.shape(x)[0]
         batch = tf.concat([VIEWS[v](x) for v in self.views], axis=0)
-        total = tf.zeros((n, NUM_CLASSES), tf.float32)
-        for model, weight in zip(self.models, self.member_weights):
-            probs = tf.cast(model(batch, training=False), tf.float32)
-            probs = tf.reshape(probs, (len(self.views), n, NUM_CLASSES))
-            total += float(weight) * tf.reduce_mean(probs, axis=0)
-        return total
+        return tf.stack([
+            tf.reshape(tf.cast(model(batch, training=False), tf.float32), (len(self.views), n, NUM_CLASSES))
+            for model in self.models
+        ])
+
+    def _chunk_probabilities(self, x):
+        weights = tf.constant(self.member_weights / len(self.views))
+        return tf.einsum("m,mvnc->nc", weights, self._chunk_view_probabilities(x))
+
+    def _chunks(self, X):
+        X = check_pixels(X)
+        for start in range(0, len(X), self.chunk_size):
+            yield start, tf.constant(_as_float_chunk(X[start:start + self.chunk_size]))
 
     def predict_proba(self, X) -> np.ndarray:
-        X = check_pixels(X)
-        out = np.zeros((len(X), NUM_CLASSES), np.float32)
-        for start in range(0, len(X), self.chunk_size):
-            chunk = _as_float_chunk(X[start:start + self.chunk_size])
-            out[start:start + len(chunk)] = self._predict_chunk(tf.constant(chunk)).numpy()
+        """Ensemble- and view-averaged softmax (n, classes)."""
+        out = np.zeros((len(check_pixels(X)), NUM_CLASSES), np.float32)
+        for start, chunk in self._chunks(X):
+            out[start:start + len(chunk)] = self._average_chunk(chunk).numpy()
+        return out
+
+    def view_probabilities(self, X) -> np.ndarray:
+        """Softmax per member and view, not averaged: (members, views, n, classes)."""
+        out = np.zeros((len(self.models), len(self.views), len(check_pixels(X)), NUM_CLASSES), np.float32)
+        for start, chunk in self._chunks(X):
+            out[:, :, start:start + len(chunk)] = self._views_chunk(chunk).numpy()
         return out
 
     def predict(self, X) -> np.ndarray:

@@ -133,10 +133,10 @@ def resolve_views(tta: str) -> tuple[str, ...] | None:
 
 
 def write_zip(staging: Path, out: Path) -> Path:
-    with atomic_output(out) as tmp:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            for file in sorted(staging.iterdir()):
-                archive.write(file, arcname=file.name)
+    """Zip the staged files flat (the draft lives in a temporary folder; publishing is atomic)."""
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for file in sorted(staging.iterdir()):
+            archive.write(file, arcname=file.name)
     return out
 
 

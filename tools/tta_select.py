@@ -37,16 +37,6 @@ class TTAChoice:
         return TTAChoice(CANDIDATE_VIEW_SETS[best["name"]], best["weights"], self.table)
 
 
-def view_probabilities(models: list, images: np.ndarray, views: tuple[str, ...],
-                       batch_size: int) -> np.ndarray:
-    """Softmax per member and view: (members, views, n, classes), each from the shipping TTA code."""
-    return np.stack([
-        np.stack([TTAEnsemble([model], views=(view,), batch_size=batch_size).predict_proba(images)
-                  for view in views])
-        for model in models
-    ])
-
-
 def choose_tta(models: list, eval_sets: dict[str, tuple[np.ndarray, np.ndarray]],
                batch_size: int = 256) -> TTAChoice:
     """Score every candidate view set with uniform and accuracy-weighted members; keep the best.
@@ -55,7 +45,8 @@ def choose_tta(models: list, eval_sets: dict[str, tuple[np.ndarray, np.ndarray]]
     the clean accuracy and the mean shifted accuracy, so robustness counts as much as clean accuracy.
     """
     all_views = CANDIDATE_VIEW_SETS["dihedral8+photo"]
-    probs = {name: view_probabilities(models, x, all_views, batch_size) for name, (x, _) in eval_sets.items()}
+    ensemble = TTAEnsemble(models, views=all_views, batch_size=batch_size)
+    probs = {name: ensemble.view_probabilities(x) for name, (x, _) in eval_sets.items()}
     labels = {name: y for name, (_, y) in eval_sets.items()}
     member_acc = np.mean([[np.mean(p[m].mean(0).argmax(1) == labels[name]) for m in range(len(models))]
                           for name, p in probs.items()], axis=0)

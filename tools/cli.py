@@ -106,22 +106,19 @@ def check(
 ) -> None:
     """Validate an existing submission zip (layout, imports, fresh-process run, speed)."""
     from tools.display import checks_table, console
-    from tools.package import PROBE_IMAGES, validate_zip
+    from tools.package import probe_images, validate_zip
+    from tools.validate import first_failure
     from train.data import load_dataset
 
     sample = Path(__file__).resolve().parent.parent / "data" / "sample" / "test.npz"
-    probe = load_dataset(sample).images[:PROBE_IMAGES] if sample.is_file() else None
-    if probe is None:
-        import numpy as np
-
-        probe = np.random.default_rng(0).integers(0, 256, (PROBE_IMAGES, 96, 96, 3), dtype=np.uint8)
+    probe = probe_images(load_dataset(sample) if sample.is_file() else None, seed=0)
     report, compat = validate_zip(zip_path, probe, None, check_env=env)
     console.print(checks_table(report, f"{zip_path}"))
     if compat:
         versions = ", ".join(f"{k} {v}" for k, v in compat.versions.items())
         console.print(checks_table(compat, f"under the server's versions ({versions})"))
-    if not report.ok or (compat and not compat.ok):
-        failed = (report.failures() or compat.failures())[0]
+    failed = first_failure(report, compat)
+    if failed:
         raise BcsubError(f"{zip_path}: failed '{failed.name}': {failed.detail}")
     console.print(f"[bold green]{zip_path} passed[/] ({report.seconds_per_1000:.1f} s per 1,000 images)")
 

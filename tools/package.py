@@ -22,6 +22,7 @@ from tools.validate import (
     ValidationReport,
     check_imports,
     check_layout,
+    first_failure,
     validate_extracted,
 )
 from train.atomic import atomic_output
@@ -215,8 +216,8 @@ def package(options: PackageOptions, progress=print) -> PackageReport:
         write_zip(staging, draft)
         progress("validating the zip in a fresh process")
         validation, compat = validate_zip(draft, probe, expected, check_env=options.check_env)
-        if not validation.ok or (compat is not None and not compat.ok):
-            failed = (validation.failures() or compat.failures())[0]
+        failed = first_failure(validation, compat)
+        if failed:
             raise BcsubError(f"the packaged submission failed the check '{failed.name}': {failed.detail}")
         with atomic_output(out) as final:
             shutil.copyfile(draft, final)

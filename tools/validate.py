@@ -47,6 +47,11 @@ class ValidationReport:
         return [c for c in self.checks if not c.ok and not c.warning]
 
 
+def first_failure(*reports: ValidationReport | None) -> Check | None:
+    """The first failed (non-warning) check over several reports, or None when all passed."""
+    return next((c for r in reports if r is not None for c in r.failures()), None)
+
+
 def check_layout(zip_path: Path, report: ValidationReport) -> bool:
     with zipfile.ZipFile(zip_path) as archive:
         names = archive.namelist()

@@ -21,10 +21,12 @@ import tensorflow as tf  # noqa: E402
 
 from submission.model import build_network  # noqa: E402
 from train.atomic import write_json  # noqa: E402
+from train.config import PRESETS  # noqa: E402
+from train.fit import training_input_size  # noqa: E402
 from train.pipeline import training_dataset  # noqa: E402
 
-BACKBONE = os.environ.get("BENCH_BACKBONE", "resnet-small")
-IMAGE_SIZE = int(os.environ.get("BENCH_IMAGE_SIZE", "64"))
+BACKBONE = os.environ.get("BENCH_BACKBONE", PRESETS["cpu"]["backbone"])
+IMAGE_SIZE = int(os.environ.get("BENCH_IMAGE_SIZE", PRESETS["cpu"]["image_size"]))
 BATCH = 64
 STEPS = int(os.environ.get("BENCH_STEPS", "30"))
 
@@ -39,9 +41,10 @@ def load_images() -> tuple[np.ndarray, np.ndarray]:
 
 def steps_per_second(images, labels, preset: str) -> float:
     keras.utils.set_random_seed(0)
-    model = build_network({"backbone": BACKBONE, "image_size": IMAGE_SIZE})
+    spec = {"backbone": BACKBONE, "image_size": IMAGE_SIZE}
+    model = build_network(spec, input_size=training_input_size(spec))
     model.compile(optimizer="adam", loss="categorical_crossentropy")
-    ds, _ = training_dataset(images, labels, BATCH, preset, balance=0, seed=0)
+    ds, _ = training_dataset(images, labels, BATCH, preset, balance=0, seed=0, size=training_input_size(spec))
     model.fit(ds, steps_per_epoch=5, epochs=1, verbose=0)  # warm-up: tracing
     start = time.perf_counter()
     model.fit(ds, steps_per_epoch=STEPS, epochs=1, verbose=0)
@@ -49,7 +52,8 @@ def steps_per_second(images, labels, preset: str) -> float:
 
 
 def augment_only(images, labels, preset: str) -> float:
-    ds, _ = training_dataset(images, labels, BATCH, preset, balance=0, seed=0)
+    spec = {"backbone": BACKBONE, "image_size": IMAGE_SIZE}
+    ds, _ = training_dataset(images, labels, BATCH, preset, balance=0, seed=0, size=training_input_size(spec))
     it = iter(ds)
     next(it)
     start = time.perf_counter()

@@ -27,10 +27,12 @@ from submission import model as runtime  # noqa: E402
 from tools.harness import run_zip  # noqa: E402
 from tools.package import PackageOptions, package  # noqa: E402
 from train.atomic import write_json  # noqa: E402
+from train.config import PRESETS  # noqa: E402
 
 N = int(os.environ.get("BENCH_N", "2000"))
 # backbone:image_size[:images] — a large backbone on CPU is timed on fewer images.
-BACKBONES = os.environ.get("BENCH_BACKBONES", "resnet-small:64,efficientnetv2s:96:400").split(",")
+CPU_PRESET = f"{PRESETS['cpu']['backbone']}:{PRESETS['cpu']['image_size']}"
+BACKBONES = os.environ.get("BENCH_BACKBONES", f"{CPU_PRESET},efficientnetv2s:96:400").split(",")
 NAIVE_IMAGES = {"resnet-small": 60, "tinycnn": 60}  # the naive loop is timed on a subset, then per image
 
 

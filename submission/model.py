@@ -30,10 +30,12 @@ DEFAULT_BATCH_SIZE = 256
 BN_MOMENTUM = 0.9
 
 # name -> (keras.applications constructor, pixel preprocessing, default input size).
-# "raw": the keras model rescales 0..255 itself; "tf": scale to [-1, 1]; "unit": scale to [0, 1].
+# "raw": the keras model rescales 0..255 itself; "tf": scale to [-1, 1]; "unit": scale to [0, 1];
+# "standardize": per image and channel, zero mean and unit variance (brightness, contrast and colour-cast
+# shifts cancel out: the from-scratch nets use it).
 BACKBONES: dict[str, tuple[str, str, int]] = {
-    "tinycnn": ("", "unit", 48),
-    "resnet-small": ("", "unit", 64),
+    "tinycnn": ("", "standardize", 48),
+    "resnet-small": ("", "standardize", 64),
     "mobilenetv3small": ("MobileNetV3Small", "raw", 96),
     "mobilenetv3large": ("MobileNetV3Large", "raw", 96),
     "efficientnetb0": ("EfficientNetB0", "raw", 96),
@@ -93,27 +95,70 @@ def build_backbone(name: str, input_shape: tuple[int, int, int], weights: str | 
     return model
 
 
-def build_network(spec: dict, weights: str | None = None, l2: float = 0.0) -> keras.Model:
-    """Classifier taking raw 0..255 pixels (n, 96, 96, 3): resize, preprocess, backbone, head."""
+class PerImageStandardization(layers.Layer):
+    """Per image and channel: subtract the mean, divide by the standard deviation (at least 1/255 of
+    the pixel range). No weights, so the weight layout does not change."""
+
+    def call(self, x):
+        mean = keras.ops.mean(x, axis=(1, 2), keepdims=True)
+        std = keras.ops.std(x, axis=(1, 2), keepdims=True)
+        return (x - mean) / keras.ops.maximum(std, 1.0)
+
+
+class LogitOffset(layers.Layer):
+    """Adds fixed per-class offsets to the logits (from the model spec, no weights).
+
+    A network trained on class-balanced batches learns a uniform class prior; adding log(train prior)
+    turns its output back into the posterior for data with the training set's class mix.
+    """
+
+    def __init__(self, offsets, **kwargs):
+        super().__init__(**kwargs)
+        self.offsets = [float(v) for v in offsets]
+
+    def call(self, logits):
+        return logits + keras.ops.cast(keras.ops.convert_to_tensor(self.offsets), logits.dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "offsets": self.offsets}
+
+
+def network_input_size(spec: dict) -> int:
+    """The side the backbone sees (the network resizes the 96 px input to it)."""
+    return int(spec.get("image_size") or BACKBONES[spec["backbone"]][2])
+
+
+def build_network(spec: dict, weights: str | None = None, l2: float = 0.0,
+                  input_size: int | None = None) -> keras.Model:
+    """Classifier taking raw 0..255 pixels (n, 96, 96, 3): resize, preprocess, backbone, head.
+
+    ``input_size`` builds the same network (same weights, same order) for inputs that are already
+    resized to that side: training uses it to augment small images instead of 96 px ones.
+    """
     name = spec["backbone"]
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}")
-    _, preprocessing, default_size = BACKBONES[name]
-    size = int(spec.get("image_size") or default_size)
-    inputs = keras.Input(IMAGE_SHAPE, name="pixels")
+    preprocessing = spec.get("preprocessing") or BACKBONES[name][1]
+    size = network_input_size(spec)
+    side = int(input_size or IMAGE_SHAPE[0])
+    inputs = keras.Input((side, side, 3), name="pixels")
     x = inputs
-    if size != IMAGE_SHAPE[0]:
+    if size != side:
         x = layers.Resizing(size, size, interpolation="bilinear", name="resize")(x)
     if preprocessing == "tf":
         x = layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess")(x)
     elif preprocessing == "unit":
         x = layers.Rescaling(1 / 255.0, name="preprocess")(x)
+    elif preprocessing == "standardize":
+        x = PerImageStandardization(name="preprocess")(x)
     x = build_backbone(name, (size, size, 3), weights)(x)
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     x = layers.Dropout(float(spec.get("dropout", 0.3)), name="dropout")(x)
     regularizer = keras.regularizers.L2(l2) if l2 else None
     x = layers.Dense(int(spec.get("num_classes", NUM_CLASSES)), kernel_regularizer=regularizer,
                      name="logits")(x)
+    if spec.get("logit_offsets"):
+        x = LogitOffset(spec["logit_offsets"], name="prior")(x)
     outputs = layers.Activation("softmax", dtype="float32", name="probs")(x)
     return keras.Model(inputs, outputs, name=f"bcsub_{name.replace('-', '_')}")
 

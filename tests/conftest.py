@@ -31,10 +31,11 @@ def sample_test() -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory) -> Path:
-    """A tinycnn trained for one epoch on 64 sample images with the real CLI."""
+    """A tinycnn trained for one epoch on 64 sample images (class-balanced batches) with the real CLI."""
     out = tmp_path_factory.mktemp("runs") / "tiny"
     proc = run_cli("train", "--data", str(SAMPLE_TRAIN), "--backbone", "tinycnn", "--weights", "none",
-                   "--epochs", "1", "--limit", "64", "--batch-size", "16", "--augment", "v1", "--out", str(out))
+                   "--epochs", "1", "--limit", "64", "--batch-size", "16", "--augment", "v1", "--balance", "8",
+                   "--out", str(out))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return out
 

@@ -21,6 +21,8 @@ def test_train_writes_a_complete_run(trained_run):
     config = json.loads((trained_run / "config.json").read_text())
     assert config["backbone"] == "tinycnn" and config["weights"] == "none" and config["limit"] == 64
     assert len((trained_run / "history.csv").read_text().strip().splitlines()) == 2  # header + 1 epoch
+    spec = json.loads((trained_run / "model.json").read_text())  # balanced batches: prior correction
+    assert spec["preprocessing"] == "standardize" and len(spec["logit_offsets"]) == 8
 
 
 def test_zip_is_flat_and_self_contained(packaged_zip):
@@ -36,6 +38,7 @@ def test_zip_is_flat_and_self_contained(packaged_zip):
     assert not imported & {"train", "tools", "submission", "bcsub"}
     assert imported <= {"__future__", "json", "os", "numpy", "tensorflow", "keras"}
     assert manifest["members"][0]["weights"] in names
+    assert len(manifest["members"][0]["spec"]["logit_offsets"]) == 8  # the zip rebuilds the same network
     assert manifest["tta"]["selection"], "tta auto must record the candidates it scored"
     assert "s per 1,000 images" in proc.stdout and "MB" in proc.stdout
 

@@ -38,6 +38,18 @@ def test_choose_tta_scores_candidates_and_limits_views():
     assert len(small.views) <= 2 and sum(bool(row.get("chosen")) for row in small.table) == 1
 
 
+def test_pick_best_prefers_more_views_within_the_noise():
+    from tools.tta_select import TOLERANCE, pick_best
+
+    rows = [{"name": "none", "views": 1, "score": 0.970}, {"name": "rot4", "views": 4, "score": 0.975},
+            {"name": "dihedral8", "views": 8, "score": 0.975 - TOLERANCE / 2},
+            {"name": "dihedral8+photo", "views": 13, "score": 0.975 - 2 * TOLERANCE}]
+    assert pick_best(rows)["name"] == "dihedral8"  # within the tolerance of the best: more views
+    assert pick_best(rows, max_views=4)["name"] == "rot4"
+    assert pick_best(rows, max_views=1)["name"] == "none"
+    assert [r["name"] for r in rows if r.get("chosen")] == ["none"]  # one mark, moved by each call
+
+
 def test_imported_modules():
     source = "import os, numpy as np\nfrom tensorflow import keras\nfrom . import x\nimport train.data\n"
     assert imported_modules(source) == {"os", "numpy", "tensorflow", "train"}

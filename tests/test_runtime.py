@@ -104,3 +104,44 @@ def test_every_backbone_builds(name):
     model = runtime.build_network({"backbone": name, "image_size": size})
     out = model(np.zeros((1, 96, 96, 3), np.float32), training=False).numpy()
     assert out.shape == (1, 8) and np.isclose(out.sum(), 1.0, atol=1e-4)
+
+
+def test_standardized_input_ignores_brightness_and_contrast():
+    """The from-scratch nets standardise each image and channel: a global gain or a contrast change
+    (no clipping) gives the same prediction, as does a per-channel colour cast."""
+    net = runtime.build_network({"backbone": "tinycnn"})
+    assert runtime.BACKBONES["tinycnn"][1] == "standardize"
+    x = np.random.default_rng(1).uniform(60, 180, (4, 96, 96, 3)).astype(np.float32)
+    base = net.predict(x, verbose=0)
+    gain = np.array([0.7, 0.9, 1.2], np.float32)
+    for shifted in (x * 0.6, (x - x.mean()) * 0.5 + x.mean(), x * gain + 10):
+        assert np.allclose(net.predict(shifted, verbose=0), base, atol=1e-4)
+    flat = np.full((1, 96, 96, 3), 128, np.float32)  # a blank image: no division by zero
+    assert np.isfinite(net.predict(flat, verbose=0)).all()
+
+
+def test_network_at_training_size_shares_weights_with_the_shipping_one():
+    """Training feeds images already shrunk to the network's side; the 96 px network with the same
+    weights gives the same output on the full-size images."""
+    from train.pipeline import resize_batch
+
+    spec = {"backbone": "tinycnn", "image_size": 48}
+    small = runtime.build_network(spec, input_size=48)
+    full = runtime.build_network(spec)
+    assert small.input_shape == (None, 48, 48, 3) and full.input_shape == (None, 96, 96, 3)
+    full.set_weights(small.get_weights())
+    x = _images(3).astype(np.float32)
+    assert np.allclose(small.predict(resize_batch(x, 48).numpy(), verbose=0), full.predict(x, verbose=0),
+                       atol=1e-5)
+
+
+def test_logit_offsets_shift_the_posterior_by_the_class_prior():
+    """A spec with logit offsets gives softmax(logits + offsets): probabilities times exp(offsets),
+    renormalised; the weight layout does not change."""
+    plain = runtime.build_network({"backbone": "tinycnn"})
+    offsets = [0.0, 1.0, -1.0, 0.5, 0.0, 0.0, 2.0, -2.0]
+    shifted = runtime.build_network({"backbone": "tinycnn", "logit_offsets": offsets})
+    shifted.set_weights(plain.get_weights())
+    x = _images(5).astype(np.float32)
+    p = plain.predict(x, verbose=0) * np.exp(offsets)
+    assert np.allclose(shifted.predict(x, verbose=0), p / p.sum(axis=1, keepdims=True), atol=1e-5)

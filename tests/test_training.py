@@ -29,7 +29,8 @@ def _history_epochs(path) -> list[int]:
 def test_killed_training_resumes_from_the_saved_epoch(tmp_path):
     out = tmp_path / "run"
     args = ["train", "--data", str(SAMPLE_TRAIN), "--backbone", "tinycnn", "--weights", "none", "--epochs", "6",
-            "--limit", "64", "--batch-size", "16", "--augment", "none", "--patience", "10", "--out", str(out)]
+            "--limit", "64", "--batch-size", "16", "--augment", "none", "--patience", "10", "--ema-momentum", "0.9",
+            "--out", str(out)]
     proc = subprocess.Popen([sys.executable, "-m", "tools.cli", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 600
@@ -49,6 +50,31 @@ def test_killed_training_resumes_from_the_saved_epoch(tmp_path):
     assert (out / "model.json").exists()
 
 
+def test_ema_checkpoint_holds_the_weights_that_were_validated(tmp_path):
+    """With --ema-momentum the logged val accuracy and the kept checkpoint are the averaged weights."""
+    import tensorflow as tf
+
+    from submission.model import build_network
+    from train.fit import Stage, run_stage
+    from train.pipeline import evaluation_dataset
+
+    rng = np.random.default_rng(0)
+    labels = np.arange(96) % 8
+    images = (rng.integers(0, 60, (96, 32, 32, 3)) + labels[:, None, None, None] * 24).astype(np.uint8)
+    cfg = TrainConfig(data="d", out=str(tmp_path), backbone="tinycnn", weights="none", ema_momentum=0.95,
+                      learning_rate=0.01, patience=0, warmup_epochs=0)
+    model = build_network({"backbone": "tinycnn", "image_size": 32}, input_size=32)
+    train_ds, steps = training_dataset(images, labels, 16, "none", 0, seed=0)
+    val_ds = evaluation_dataset(images[::3], labels[::3], 16)
+    run_stage(model, Stage("full", 4, 0.01, None, 0.0), cfg, tf.distribute.get_strategy(), train_ds, steps,
+              val_ds, tmp_path, None)
+    assert model.optimizer.use_ema
+    with open(tmp_path / "history.csv", newline="") as handle:
+        logged = [float(row["val_accuracy"]) for row in csv.DictReader(handle)]
+    _, accuracy = model.evaluate(val_ds, verbose=0)
+    assert accuracy == pytest.approx(max(logged), abs=1e-6)
+
+
 def test_balanced_epoch_indices():
     labels = np.array([0] * 50 + [1] * 3 + [2] * 10 + [3, 4, 5, 6, 7] * 2)
     idx = epoch_indices(labels, 20, np.random.default_rng(0))
@@ -66,6 +92,34 @@ def test_training_dataset_batches_are_balanced():
         assert x.shape == (16, 96, 96, 3) and y.shape == (16, 8)
         counts += y.numpy().sum(axis=0)
     assert counts.tolist() == [8] * 8
+
+
+def test_prior_offsets_are_the_centred_log_class_frequencies():
+    from train.pipeline import prior_logit_offsets
+
+    labels = np.repeat(np.arange(8), [10, 20, 40, 10, 10, 10, 80, 20])
+    offsets = np.array(prior_logit_offsets(labels))
+    assert abs(offsets.sum()) < 1e-5
+    assert np.isclose(offsets[6] - offsets[0], np.log(81 / 11), atol=1e-5)  # +1 smoothing
+    assert np.allclose(prior_logit_offsets(np.repeat(np.arange(8), 5)), 0.0)
+    cfg = TrainConfig.from_options("cpu", data="d", out="o")
+    assert cfg.balance and cfg.corrects_prior
+    assert not TrainConfig.from_options("cpu", data="d", out="o", prior_correction=False).corrects_prior
+    assert not TrainConfig.from_options(None, data="d", out="o").corrects_prior  # natural batches
+
+
+def test_training_dataset_augments_at_the_network_size():
+    """A 64 px network is trained on batches shrunk to 64 px before augmentation (v3 keeps 0..255)."""
+    from train.fit import training_input_size
+
+    images = np.random.default_rng(0).integers(0, 256, (16, 96, 96, 3), dtype=np.uint8)
+    labels = np.arange(16) % 8
+    size = training_input_size({"backbone": "resnet-small", "image_size": 64})
+    assert size == 64 and training_input_size({"backbone": "efficientnetb0", "image_size": 224}) is None
+    ds, _ = training_dataset(images, labels, batch_size=8, augment="v3", balance=0, seed=0, size=size)
+    x, _ = next(iter(ds))
+    assert x.shape == (8, 64, 64, 3) and x.dtype == np.float32
+    assert 0 <= float(np.min(x)) and float(np.max(x)) <= 255
 
 
 def test_fold_splits_are_stratified_and_disjoint():

@@ -41,6 +41,10 @@ def train(
     augment: Annotated[str | None, typer.Option(help="none | v1 | v2 | v3 | hybrid")] = None,
     balance: Annotated[int | None, typer.Option(help="Oversample every class to N images per epoch")] = None,
     class_weights: Annotated[bool | None, typer.Option(help="Weight the loss by inverse class frequency")] = None,
+    prior_correction: Annotated[bool | None, typer.Option(
+        help="After --balance/--class-weights, shift the logits back to the training class mix")] = None,
+    ema_momentum: Annotated[float | None, typer.Option(
+        help="Keep an exponential moving average of the weights (0: off, e.g. 0.99)")] = None,
     members: Annotated[int | None, typer.Option(help="Ensemble members (different seeds)")] = None,
     folds: Annotated[int | None, typer.Option(help="Stratified k-fold members (saves out-of-fold predictions)")] = None,
     limit: Annotated[int | None, typer.Option(help="Use about N images (stratified) for quick runs")] = None,

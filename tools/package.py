@@ -32,7 +32,7 @@ from train.errors import BcsubError
 from train.runs import CONFIG_FILE, Member, find_members
 
 RUNTIME_SOURCE = Path(runtime.__file__)
-MAX_EVAL_IMAGES = 400
+MAX_EVAL_IMAGES = 800
 PROBE_IMAGES = 200
 # --tta auto keeps the projected time for 10,000 images under this share of the limit (servers vary).
 TIME_SHARE = 0.5

@@ -16,8 +16,22 @@ CANDIDATE_VIEW_SETS: dict[str, tuple[str, ...]] = {
     "dihedral8": DIHEDRAL_VIEWS,
     "dihedral8+photo": DIHEDRAL_VIEWS + PHOTOMETRIC_VIEWS,
 }
-# A bigger view set must beat a smaller one by this much to be worth its cost.
-MIN_GAIN = 0.002
+# Score differences smaller than this are noise on a few hundred validation images: among candidates
+# within it of the best, the one with the most views wins (averaging more views of a cell with no
+# natural orientation rarely hurts; the time cap in `package` limits the cost).
+TOLERANCE = 0.003
+
+
+def pick_best(rows: list[dict], max_views: int | None = None) -> dict:
+    """The candidate with the most views (then the higher score) among those scoring within
+    ``TOLERANCE`` of the best; only rows with at most ``max_views`` views are considered. Marks it."""
+    allowed = [r for r in rows if max_views is None or r["views"] <= max_views]
+    top = max(r["score"] for r in allowed)
+    best = max((r for r in allowed if r["score"] >= top - TOLERANCE), key=lambda r: (r["views"], r["score"]))
+    for row in rows:
+        row.pop("chosen", None)
+    best["chosen"] = True
+    return best
 
 
 @dataclass
@@ -27,13 +41,8 @@ class TTAChoice:
     table: list[dict]  # one row per candidate: name, views, weighting, clean, shifted, score
 
     def limited_to(self, max_views: int) -> TTAChoice:
-        """The best candidate with at most ``max_views`` views (same rule: a bigger set must win by MIN_GAIN)."""
-        best = None
-        for row in self.table:
-            row.pop("chosen", None)
-            if row["views"] <= max_views and (best is None or row["score"] > best["score"] + MIN_GAIN):
-                best = row
-        best["chosen"] = True
+        """The best candidate with at most ``max_views`` views (by the same rule)."""
+        best = pick_best(self.table, max_views)
         return TTAChoice(CANDIDATE_VIEW_SETS[best["name"]], best["weights"], self.table)
 
 
@@ -53,7 +62,7 @@ def choose_tta(models: list, eval_sets: dict[str, tuple[np.ndarray, np.ndarray]]
     weightings = {"uniform": np.ones(len(models))}
     if len(models) > 1:
         weightings["accuracy"] = np.maximum(member_acc - member_acc.min() + 0.01, 0.01)
-    rows, best = [], None
+    rows = []
     for set_name, views in CANDIDATE_VIEW_SETS.items():
         idx = [all_views.index(v) for v in views]
         for weight_name, weights in weightings.items():
@@ -67,8 +76,5 @@ def choose_tta(models: list, eval_sets: dict[str, tuple[np.ndarray, np.ndarray]]
             row["score"] = float(np.nanmean([row["clean"], row["shifted"]]))
             row["weights"] = [float(x) for x in w]
             rows.append(row)
-            if best is None or row["score"] > best[0]["score"] + MIN_GAIN:
-                best = (row, views, w)
-    row, views, w = best
-    row["chosen"] = True
-    return TTAChoice(tuple(views), [float(x) for x in w], rows)
+    best = pick_best(rows)
+    return TTAChoice(CANDIDATE_VIEW_SETS[best["name"]], best["weights"], rows)

@@ -40,24 +40,29 @@ PRESETS: tuple[str, ...] = ("none", "v1", "v2", "v3", "hybrid")
 PRESET_DOCS: dict[str, str] = {
     "none": "no augmentation",
     "v1": "random dihedral (h/v flips + transpose: all 8 flips/90-degree rotations)",
-    "v2": "v1 + rotation/zoom/shift (reflect) + colour & stain jitter + blur + noise",
+    "v2": "v1 + rotation/zoom/shift (reflect) + colour & stain jitter + exposure + blur + noise + JPEG",
     "v3": "v2 + RandAugment",
     "hybrid": "v1 + rotation/zoom/shift + AugMix (1/4 of each batch) or RandAugment (3/4) "
-    "+ v2 colour, blur, noise; CutMix or MixUp per batch",
+    "+ v2 colour, exposure, blur, noise, JPEG; CutMix or MixUp per batch",
 }
 VALUE_RANGE = (0.0, 255.0)
 
-# Strengths (value_range units are 0..255). Contrast x[0.45, 1.55]; saturation x[0.33, 1.63]
+# Strengths (value_range units are 0..255). Contrast x[0.45, 1.55]; saturation x[0.33, 2.33]
 # (keras maps factor f to f / (1 - f)); hue +-0.08 of the colour circle (shift = factor / 2).
 ROTATION_FACTOR = 0.125  # +-45 degrees; with the 90-degree steps of v1 this covers every angle
 ZOOM_FACTOR = (-0.2, 0.2)  # negative zooms in
 SHIFT_FACTOR = 0.08
 BRIGHTNESS_FACTOR = 0.15
 CONTRAST_FACTOR = 0.55  # keras sorts a (lower, upper) tuple, so asymmetric ranges are not possible
-SATURATION_FACTOR = (0.25, 0.62)
+SATURATION_FACTOR = (0.25, 0.70)
 HUE_FACTOR = 0.16
 CHANNEL_GAIN = 0.08  # per-channel x[0.92, 1.08] stain/white-balance cast
 CHANNEL_SHIFT = 8.0  # per-channel +-8 offset
+# Exposure: a global gain, clipped at 255. The from-scratch nets standardise each image, so a gain
+# alone changes nothing for them; what it teaches is the blown-out background of an over-exposed slide.
+EXPOSURE_GAIN = (0.7, 1.45)
+JPEG_PROB = 0.3
+JPEG_QUALITY = (8, 75)  # the shift suite's JPEG corruption spans quality 50..7
 BLUR_PROB = 0.25
 BLUR_SIGMA = (0.3, 1.5)
 NOISE_PROB = 0.3
@@ -233,20 +238,47 @@ def _check_ops(ops: tuple[str, ...], allowed: list[str], what: str) -> None:
 
 
 class RandomChannelCast(keras.layers.Layer):
-    """Per-image, per-channel gain and offset: a stain / white-balance cast."""
+    """Per-image exposure (one gain in ``exposure``), then a per-channel gain and offset: a stain /
+    white-balance cast; clipped to 0..255."""
 
-    def __init__(self, gain: float, shift: float, seed: int | None = None, **kwargs):
+    def __init__(self, gain: float, shift: float, exposure: tuple[float, float] = (1.0, 1.0),
+                 seed: int | None = None, **kwargs):
         super().__init__(**kwargs)
-        self.gain, self.shift = gain, shift
+        self.gain, self.shift, self.exposure = gain, shift, exposure
         self.generator = keras.random.SeedGenerator(seed)
 
     def call(self, images, training=True):
         if not training:
             return images
-        shape = (tf.shape(images)[0], 1, 1, 3)
+        n = tf.shape(images)[0]
+        shape = (n, 1, 1, 3)
         g = keras.random.uniform(shape, 1.0 - self.gain, 1.0 + self.gain, seed=self.generator)
+        g *= keras.random.uniform((n, 1, 1, 1), *self.exposure, seed=self.generator)
         b = keras.random.uniform(shape, -self.shift, self.shift, seed=self.generator)
         return tf.clip_by_value(images * g + b, *VALUE_RANGE)
+
+
+class RandomJPEG(keras.layers.Layer):
+    """With probability ``rate`` per image, JPEG-compress it at a quality drawn from ``quality``
+    (TensorFlow's encoder, 4:2:0 chroma subsampling). Only the chosen images are encoded."""
+
+    def __init__(self, rate: float, quality: tuple[int, int], seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.rate, self.quality = rate, quality
+        self.generator = keras.random.SeedGenerator(seed)
+
+    def call(self, images, training=True):
+        if not training:
+            return images
+        n = tf.shape(images)[0]
+        u = keras.random.uniform((n, 2), seed=self.generator)
+        chosen = tf.where(u[:, 0] < self.rate)  # (m, 1) indices
+        lo, hi = self.quality
+        quality = tf.cast(lo + tf.gather(u[:, 1], chosen[:, 0]) * (hi - lo + 1), tf.int32)
+        pixels = tf.gather_nd(images, chosen) / 255.0
+        compressed = tf.map_fn(lambda a: tf.image.adjust_jpeg_quality(a[0], a[1]), (pixels, quality),
+                               fn_output_signature=tf.TensorSpec(images.shape[1:], tf.float32))
+        return tf.tensor_scatter_nd_update(images, chosen, compressed * 255.0)
 
 
 class RandomGaussianNoise(keras.layers.Layer):
@@ -372,7 +404,7 @@ def _colour(s: Iterator[int]) -> list[keras.layers.Layer]:
             hue_factor=HUE_FACTOR,
             seed=next(s),
         ),
-        RandomChannelCast(CHANNEL_GAIN, CHANNEL_SHIFT, seed=next(s)),
+        RandomChannelCast(CHANNEL_GAIN, CHANNEL_SHIFT, EXPOSURE_GAIN, seed=next(s)),
     ]
 
 
@@ -386,6 +418,7 @@ def _degrade(s: Iterator[int]) -> list[keras.layers.Layer]:
             seed=next(s),
         ),
         RandomGaussianNoise(NOISE_PROB, NOISE_MAX_STD, seed=next(s)),
+        RandomJPEG(JPEG_PROB, JPEG_QUALITY, seed=next(s)),
     ]
 
 

@@ -34,13 +34,13 @@ def resolve_weights(weights: str, backbone: str) -> str | None:
     return str(path)
 
 
-def build_pretrained_network(spec: dict, weights: str, l2: float) -> keras.Model:
+def build_pretrained_network(spec: dict, weights: str, l2: float, input_size: int | None = None) -> keras.Model:
     """Build the network, loading backbone weights; offline 'imagenet' fails fast with the fix."""
     resolved = resolve_weights(weights, spec["backbone"])
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
     try:
-        return build_network(spec, weights=resolved, l2=l2)
+        return build_network(spec, weights=resolved, l2=l2, input_size=input_size)
     except Exception as err:  # keras raises plain Exception for a failed download
         if resolved == "imagenet" and "URL fetch failure" in str(err):
             raise BcsubError(

@@ -15,7 +15,7 @@ PRESETS: dict[str, dict] = {
     "demo": dict(backbone="resnet-small", weights="none", image_size=64, epochs=20, augment="v2",
                  batch_size=32, learning_rate=3e-3, patience=20),
     # From scratch on 2 CPU cores in under 30 minutes (with --time-budget 27) on the PBC96 train split.
-    "cpu": dict(backbone="resnet-small", weights="none", image_size=64, epochs=40, augment="v3",
+    "cpu": dict(backbone="resnet-small", weights="none", image_size=72, epochs=70, augment="v3",
                 batch_size=64, learning_rate=2e-3, balance=900, patience=0),
     # The winners' recipe on a GPU: pretrained EfficientNetV2S at 224 px, hybrid augmentation, 3 members.
     "gpu": dict(backbone="efficientnetv2s", weights="imagenet", image_size=224, epochs=10,
@@ -46,9 +46,11 @@ class TrainConfig:
     fine_tune_l2: float = 5e-4
     weight_decay: float = 1e-4
     label_smoothing: float = 0.1
+    ema_momentum: float = 0.0  # > 0: validate, keep and ship an exponential moving average of the weights
     augment: str = "v2"
     balance: int = 0
     class_weights: bool = False
+    prior_correction: bool = True  # balanced training: shift the logits back to the training class mix
     members: int = 1
     folds: int = 0
     limit: int = 0
@@ -72,6 +74,8 @@ class TrainConfig:
             raise BcsubError("--epochs and --batch-size must be at least 1")
         if self.members < 1 or self.folds == 1 or self.folds < 0:
             raise BcsubError("--members must be >= 1 and --folds 0 (off) or >= 2")
+        if not 0.0 <= self.ema_momentum < 1.0:
+            raise BcsubError("--ema-momentum must be in [0, 1): 0 turns it off, 0.99 is typical")
 
     @classmethod
     def from_options(cls, preset: str | None = None, **options) -> TrainConfig:
@@ -85,6 +89,11 @@ class TrainConfig:
         return cls(preset=preset, **values)
 
     @property
+    def corrects_prior(self) -> bool:
+        """Balancing (or class weights) teaches a uniform class prior; correct it back at inference."""
+        return self.prior_correction and bool(self.balance or self.class_weights)
+
+    @property
     def pretrained(self) -> bool:
         return self.weights.lower() != "none"
 
@@ -96,6 +105,7 @@ class TrainConfig:
             "image_size": self.image_size or BACKBONES[name][2],
             "num_classes": 8,
             "dropout": self.dropout,
+            "preprocessing": BACKBONES[name][1],
         }
 
     def to_json(self) -> dict:

@@ -13,13 +13,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from submission.model import TTAEnsemble, save_weights
+from submission.model import IMAGE_SHAPE, TTAEnsemble, build_network, network_input_size, save_weights
 from train.atomic import atomic_output, write_json
 from train.backbones import build_pretrained_network, set_backbone_trainable, set_head_l2
 from train.config import TrainConfig
 from train.data import Dataset
 from train.metrics import score
-from train.pipeline import evaluation_dataset, training_dataset
+from train.pipeline import evaluation_dataset, prior_logit_offsets, training_dataset
 from train.plots import plot_confusion, plot_curves
 from train.runs import CONFIG_FILE, HISTORY_FILE, MODEL_SPEC_FILE, WEIGHTS_FILE, is_complete_run
 
@@ -101,7 +101,8 @@ def compile_for(model: keras.Model, stage: Stage, cfg: TrainConfig, steps: int) 
         alpha=0.01,
     )
     model.compile(
-        optimizer=keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay),
+        optimizer=keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay, use_ema=cfg.ema_momentum > 0,
+                                         ema_momentum=cfg.ema_momentum or 0.99),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
         metrics=["accuracy"],
     )
@@ -130,12 +131,13 @@ def fit_member(cfg: TrainConfig, train: Dataset, val: Dataset, out: Path, backbo
     if cfg.mixed_precision if cfg.mixed_precision is not None else bool(gpus):
         keras.mixed_precision.set_global_policy("mixed_float16")
     batch_size = cfg.batch_size * strategy.num_replicas_in_sync
-    train_ds, steps = training_dataset(train.images, train.labels, batch_size, cfg.augment,
-                                       cfg.balance, seed)
-    val_ds = evaluation_dataset(val.images, val.labels, batch_size)
     spec = cfg.model_spec(backbone)
+    size = training_input_size(spec)
+    train_ds, steps = training_dataset(train.images, train.labels, batch_size, cfg.augment,
+                                       cfg.balance, seed, size)
+    val_ds = evaluation_dataset(val.images, val.labels, batch_size, size)
     with strategy.scope():
-        model = build_pretrained_network(spec, cfg.weights, cfg.l2)
+        model = build_pretrained_network(spec, cfg.weights, cfg.l2, input_size=size)
     stages = plan_stages(cfg)
     started = time.monotonic()
     wall_start = time.time()
@@ -148,6 +150,8 @@ def fit_member(cfg: TrainConfig, train: Dataset, val: Dataset, out: Path, backbo
         run_stage(model, stage, cfg, strategy, train_ds, steps, val_ds, out,
                   class_weight_for(train.labels) if cfg.class_weights else None, deadline)
     keras.mixed_precision.set_global_policy("float32")
+    if cfg.corrects_prior:
+        spec = {**spec, "logit_offsets": prior_logit_offsets(train.labels)}
     return finish_run(model, spec, val, out, train_seconds=time.time() - wall_start)
 
 
@@ -163,10 +167,12 @@ def run_stage(model, stage: Stage, cfg: TrainConfig, strategy, train_ds, steps: 
     with strategy.scope():
         compile_for(model, stage, cfg, steps)
     callbacks = [
-        keras.callbacks.BackupAndRestore(str(out / ".backup" / stage.name)),
+        keras.callbacks.BackupAndRestore(str(out / ".backup" / stage.name)),  # first: raw weights + EMA state
         keras.callbacks.CSVLogger(str(out / HISTORY_FILE), append=True),
-        PersistentCheckpoint(best),
     ]
+    if cfg.ema_momentum:  # validation and the best checkpoint see the averaged weights
+        callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
+    callbacks.append(PersistentCheckpoint(best))
     if cfg.patience:
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=cfg.patience))
     if deadline is not None:
@@ -177,8 +183,17 @@ def run_stage(model, stage: Stage, cfg: TrainConfig, strategy, train_ds, steps: 
     done.touch()
 
 
-def finish_run(model: keras.Model, spec: dict, val: Dataset, out: Path, train_seconds: float) -> dict:
+def training_input_size(spec: dict) -> int | None:
+    """Train on images already shrunk to the network's input side when it is below 96 px (cheaper
+    augmentation, same weights); None (the 96 px input) otherwise."""
+    size = network_input_size(spec)
+    return size if size < IMAGE_SHAPE[0] else None
+
+
+def finish_run(trained: keras.Model, spec: dict, val: Dataset, out: Path, train_seconds: float) -> dict:
     """Write metrics and plots, then the weights and model spec last (their presence marks completion)."""
+    model = build_network(spec)  # the shipping network (96 px input), with the trained weights
+    model.set_weights(trained.get_weights())
     probs = TTAEnsemble([model]).predict_proba(val.images)
     metrics = {**score(val.labels, probs.argmax(axis=1)), "train_seconds": train_seconds}
     write_json(out / "metrics.json", metrics)

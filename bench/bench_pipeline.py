@@ -28,7 +28,7 @@ from train.pipeline import training_dataset  # noqa: E402
 BACKBONE = os.environ.get("BENCH_BACKBONE", PRESETS["cpu"]["backbone"])
 IMAGE_SIZE = int(os.environ.get("BENCH_IMAGE_SIZE", PRESETS["cpu"]["image_size"]))
 BATCH = 64
-STEPS = int(os.environ.get("BENCH_STEPS", "30"))
+STEPS = int(os.environ.get("BENCH_STEPS", "100"))
 
 
 def load_images() -> tuple[np.ndarray, np.ndarray]:

@@ -50,6 +50,44 @@ def test_killed_training_resumes_from_the_saved_epoch(tmp_path):
     assert (out / "model.json").exists()
 
 
+def test_backup_killed_mid_write_keeps_the_previous_epoch(tmp_path, monkeypatch):
+    """A kill while the epoch backup is written leaves the previous backup readable (Keras' own
+    BackupAndRestore writes in place and left a file h5py could not open)."""
+    from pathlib import Path
+
+    from submission.model import build_network
+    from train.fit import AtomicBackupAndRestore
+
+    def network():
+        model = build_network({"backbone": "tinycnn", "image_size": 32}, input_size=32)
+        model.compile(optimizer="adam", loss="categorical_crossentropy")
+        model.optimizer.build(model.trainable_variables)
+        return model
+
+    model = network()
+    backup = AtomicBackupAndRestore(str(tmp_path))
+    backup.set_model(model)
+    backup.on_epoch_end(0)
+    saved = model.get_weights()
+    model.set_weights([w + 1.0 for w in saved])
+
+    def dies_mid_write(filepath, **kwargs):
+        Path(filepath).write_bytes(b"\x89HDF\r\n\x1a\n half an epoch")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(model, "save_weights", dies_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        backup.on_epoch_end(1)
+    resumed = network()
+    restore = AtomicBackupAndRestore(str(tmp_path))
+    restore.set_model(resumed)
+    restore.on_train_begin()
+    assert resumed._initial_epoch == 1
+    for got, want in zip(resumed.get_weights(), saved):
+        np.testing.assert_array_equal(got, want)
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp") or "weights.h5." in p.name] == []
+
+
 def test_ema_checkpoint_holds_the_weights_that_were_validated(tmp_path):
     """With --ema-momentum the logged val accuracy and the kept checkpoint are the averaged weights."""
     import tensorflow as tf

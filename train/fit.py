@@ -56,21 +56,40 @@ def make_strategy(multi_worker: bool) -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
-class PersistentCheckpoint(keras.callbacks.ModelCheckpoint):
-    """ModelCheckpoint that remembers its best score in a side file, so a resumed run keeps it."""
+def save_weights_atomically(model: keras.Model, path: Path) -> None:
+    """``model.save_weights`` (model and optimizer state) that a kill mid-write cannot corrupt."""
+    with atomic_output(path, suffix=".weights.h5") as tmp:
+        model.save_weights(str(tmp))
 
-    def __init__(self, filepath: Path, **kwargs):
-        super().__init__(str(filepath), monitor="val_accuracy", mode="max", save_best_only=True,
-                         save_weights_only=True, **kwargs)
+
+class PersistentCheckpoint(keras.callbacks.Callback):
+    """Keep the weights of the epoch with the best validation accuracy. The best score lives in a side
+    file, so a resumed run keeps it; both are replaced atomically."""
+
+    def __init__(self, filepath: Path):
+        super().__init__()
+        self.filepath = Path(filepath)
         self.best_file = Path(str(filepath) + ".best.json")
-        if self.best_file.exists() and Path(filepath).exists():
+        self.best = -np.inf
+        if self.best_file.exists() and self.filepath.exists():
             self.best = json.loads(self.best_file.read_text())["best"]
 
     def on_epoch_end(self, epoch, logs=None):
-        before = self.best
-        super().on_epoch_end(epoch, logs)
-        if self.best != before:
-            write_json(self.best_file, {"best": float(self.best), "epoch": epoch + 1})
+        score = (logs or {}).get("val_accuracy")
+        if score is None or score <= self.best:
+            return
+        save_weights_atomically(self.model, self.filepath)
+        self.best = float(score)
+        write_json(self.best_file, {"best": self.best, "epoch": epoch + 1})
+
+
+class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """BackupAndRestore whose backup (weights, then epoch counter) is replaced atomically: Keras writes
+    it in place, so a kill during the write left a file that could not be read back."""
+
+    def _save_model(self):
+        save_weights_atomically(self.model, Path(self._weights_path))
+        write_json(self._training_metadata_path, {"epoch": self._current_epoch, "batch": self._last_batch_seen})
 
 
 class TimeBudget(keras.callbacks.Callback):
@@ -167,7 +186,7 @@ def run_stage(model, stage: Stage, cfg: TrainConfig, strategy, train_ds, steps: 
     with strategy.scope():
         compile_for(model, stage, cfg, steps)
     callbacks = [
-        keras.callbacks.BackupAndRestore(str(out / ".backup" / stage.name)),  # first: raw weights + EMA state
+        AtomicBackupAndRestore(str(out / ".backup" / stage.name)),  # first: raw weights + EMA state
         keras.callbacks.CSVLogger(str(out / HISTORY_FILE), append=True),
     ]
     if cfg.ema_momentum:  # validation and the best checkpoint see the averaged weights

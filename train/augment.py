@@ -258,49 +258,56 @@ class RandomChannelCast(keras.layers.Layer):
         return tf.clip_by_value(images * g + b, *VALUE_RANGE)
 
 
-class RandomJPEG(keras.layers.Layer):
-    """With probability ``rate`` per image, JPEG-compress it at a quality drawn from ``quality``
-    (TensorFlow's encoder, 4:2:0 chroma subsampling). Only the chosen images are encoded."""
+class RandomPerImage(keras.layers.Layer):
+    """Base for layers that change each image with probability ``rate``: draws which images, and for
+    each chosen one a strength in [0, 1), then calls ``change_chosen`` on just those."""
 
-    def __init__(self, rate: float, quality: tuple[int, int], seed: int | None = None, **kwargs):
+    def __init__(self, rate: float, seed: int | None = None, **kwargs):
         super().__init__(**kwargs)
-        self.rate, self.quality = rate, quality
+        self.rate = rate
         self.generator = keras.random.SeedGenerator(seed)
 
     def call(self, images, training=True):
         if not training:
             return images
-        n = tf.shape(images)[0]
-        u = keras.random.uniform((n, 2), seed=self.generator)
+        u = keras.random.uniform((tf.shape(images)[0], 2), seed=self.generator)
         chosen = tf.where(u[:, 0] < self.rate)  # (m, 1) indices
+        return self.change_chosen(images, chosen, tf.gather(u[:, 1], chosen[:, 0]))
+
+    def change_chosen(self, images, chosen, strength):
+        raise NotImplementedError
+
+
+class RandomJPEG(RandomPerImage):
+    """With probability ``rate`` per image, JPEG-compress it at a quality drawn from ``quality``
+    (TensorFlow's encoder, 4:2:0 chroma subsampling). Only the chosen images are encoded."""
+
+    def __init__(self, rate: float, quality: tuple[int, int], seed: int | None = None, **kwargs):
+        super().__init__(rate, seed, **kwargs)
+        self.quality = quality
+
+    def change_chosen(self, images, chosen, strength):
         lo, hi = self.quality
-        quality = tf.cast(lo + tf.gather(u[:, 1], chosen[:, 0]) * (hi - lo + 1), tf.int32)
+        quality = tf.cast(lo + strength * (hi - lo + 1), tf.int32)
         pixels = tf.gather_nd(images, chosen) / 255.0
         compressed = tf.map_fn(lambda a: tf.image.adjust_jpeg_quality(a[0], a[1]), (pixels, quality),
                                fn_output_signature=tf.TensorSpec(images.shape[1:], tf.float32))
         return tf.tensor_scatter_nd_update(images, chosen, compressed * 255.0)
 
 
-class RandomGaussianNoise(keras.layers.Layer):
+class RandomGaussianNoise(RandomPerImage):
     """With probability ``rate`` per image, add N(0, s^2) noise with s ~ U(0, max_std).
 
     Noise is drawn only for the chosen images (normal draws are the costly part).
     """
 
     def __init__(self, rate: float, max_std: float, seed: int | None = None, **kwargs):
-        super().__init__(**kwargs)
-        self.rate, self.max_std = rate, max_std
-        self.generator = keras.random.SeedGenerator(seed)
+        super().__init__(rate, seed, **kwargs)
+        self.max_std = max_std
 
-    def call(self, images, training=True):
-        if not training:
-            return images
-        n = tf.shape(images)[0]
-        u = keras.random.uniform((n, 2), seed=self.generator)
-        chosen = tf.where(u[:, 0] < self.rate)  # (m, 1) indices
-        std = tf.gather(u[:, 1], chosen[:, 0]) * self.max_std
+    def change_chosen(self, images, chosen, strength):
         shape = tf.concat([tf.shape(chosen)[:1], tf.shape(images)[1:]], axis=0)
-        noise = keras.random.normal(shape, seed=self.generator) * std[:, None, None, None]
+        noise = keras.random.normal(shape, seed=self.generator) * (strength * self.max_std)[:, None, None, None]
         return tf.clip_by_value(tf.tensor_scatter_nd_add(images, chosen, noise), *VALUE_RANGE)
 
 

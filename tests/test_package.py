@@ -62,3 +62,22 @@ def test_nested_zip_fails_layout(tmp_path):
     report = ValidationReport()
     assert not check_layout(path, report)
     assert "zip the files, not their folder" in report.failures()[0].detail
+
+
+def test_run_dirs_from_before_standardization_keep_their_scaling(tmp_path):
+    """A model.json written before the spec recorded its preprocessing is rebuilt as it was trained."""
+    import json
+
+    from train.runs import find_members
+
+    for name, spec in {"old": {"backbone": "resnet-small", "image_size": 64},
+                       "new": {"backbone": "resnet-small", "image_size": 64, "preprocessing": "standardize"},
+                       "pretrained": {"backbone": "mobilenetv3small", "image_size": 96}}.items():
+        run = tmp_path / name
+        run.mkdir()
+        (run / "model.json").write_text(json.dumps(spec))
+        (run / "weights.npz").write_bytes(b"")
+        (run / "metrics.json").write_text('{"accuracy": 0.5}')
+    assert find_members(tmp_path / "old")[0].spec["preprocessing"] == "unit"
+    assert find_members(tmp_path / "new")[0].spec["preprocessing"] == "standardize"
+    assert "preprocessing" not in find_members(tmp_path / "pretrained")[0].spec

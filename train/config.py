@@ -14,7 +14,7 @@ PRESETS: dict[str, dict] = {
     # A couple of minutes on 2 CPU cores: the embedded sample, from scratch (used by `make demo`).
     "demo": dict(backbone="resnet-small", weights="none", image_size=64, epochs=20, augment="v2",
                  batch_size=32, learning_rate=3e-3, patience=20),
-    # From scratch on 2 CPU cores in under 30 minutes (with --time-budget 27) on the PBC96 train split.
+    # From scratch on 2 CPU cores in under 30 minutes (bench: --time-budget 26) on the PBC96 train split.
     "cpu": dict(backbone="resnet-small", weights="none", image_size=72, epochs=70, augment="v3",
                 batch_size=64, learning_rate=2e-3, balance=900, patience=0),
     # The winners' recipe on a GPU: pretrained EfficientNetV2S at 224 px, hybrid augmentation, 3 members.

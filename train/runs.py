@@ -14,6 +14,8 @@ MODEL_SPEC_FILE = "model.json"
 WEIGHTS_FILE = "weights.npz"
 METRICS_FILE = "metrics.json"
 ENSEMBLE_FILE = "ensemble.json"
+# Runs written before model.json recorded the preprocessing: the from-scratch nets then scaled to [0, 1].
+LEGACY_PREPROCESSING = {"tinycnn": "unit", "resnet-small": "unit"}
 
 
 def is_complete_run(path: Path) -> bool:
@@ -51,5 +53,7 @@ def find_members(run_dir: str | Path) -> list[Member]:
         raise BcsubError(f"{path}: not a bcsub run dir (no {MODEL_SPEC_FILE}); pass the --out folder of "
                          "`bcsub train`")
     spec = json.loads((path / MODEL_SPEC_FILE).read_text())
+    if "preprocessing" not in spec and spec.get("backbone") in LEGACY_PREPROCESSING:
+        spec["preprocessing"] = LEGACY_PREPROCESSING[spec["backbone"]]
     metrics = json.loads((path / METRICS_FILE).read_text())
     return [Member(path, spec, float(metrics.get("accuracy", 0.0)))]

@@ -29,6 +29,8 @@ BACKBONE = os.environ.get("BENCH_BACKBONE", PRESETS["cpu"]["backbone"])
 IMAGE_SIZE = int(os.environ.get("BENCH_IMAGE_SIZE", PRESETS["cpu"]["image_size"]))
 BATCH = 64
 STEPS = int(os.environ.get("BENCH_STEPS", "100"))
+SPEC = {"backbone": BACKBONE, "image_size": IMAGE_SIZE}
+TRAIN_SIZE = training_input_size(SPEC)  # the side training feeds the network (as `bcsub train` does)
 
 
 def load_images() -> tuple[np.ndarray, np.ndarray]:
@@ -41,10 +43,9 @@ def load_images() -> tuple[np.ndarray, np.ndarray]:
 
 def steps_per_second(images, labels, preset: str) -> float:
     keras.utils.set_random_seed(0)
-    spec = {"backbone": BACKBONE, "image_size": IMAGE_SIZE}
-    model = build_network(spec, input_size=training_input_size(spec))
+    model = build_network(SPEC, input_size=TRAIN_SIZE)
     model.compile(optimizer="adam", loss="categorical_crossentropy")
-    ds, _ = training_dataset(images, labels, BATCH, preset, balance=0, seed=0, size=training_input_size(spec))
+    ds, _ = training_dataset(images, labels, BATCH, preset, balance=0, seed=0, size=TRAIN_SIZE)
     model.fit(ds, steps_per_epoch=5, epochs=1, verbose=0)  # warm-up: tracing
     start = time.perf_counter()
     model.fit(ds, steps_per_epoch=STEPS, epochs=1, verbose=0)
@@ -52,8 +53,7 @@ def steps_per_second(images, labels, preset: str) -> float:
 
 
 def augment_only(images, labels, preset: str) -> float:
-    spec = {"backbone": BACKBONE, "image_size": IMAGE_SIZE}
-    ds, _ = training_dataset(images, labels, BATCH, preset, balance=0, seed=0, size=training_input_size(spec))
+    ds, _ = training_dataset(images, labels, BATCH, preset, balance=0, seed=0, size=TRAIN_SIZE)
     it = iter(ds)
     next(it)
     start = time.perf_counter()

@@ -121,7 +121,7 @@ def compile_for(model: keras.Model, stage: Stage, cfg: TrainConfig, steps: int) 
     )
     model.compile(
         optimizer=keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay, use_ema=cfg.ema_momentum > 0,
-                                         ema_momentum=cfg.ema_momentum or 0.99),
+                                         ema_momentum=cfg.ema_momentum),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
         metrics=["accuracy"],
     )

@@ -39,7 +39,7 @@ def main() -> None:
         return
     out = Path(os.environ.get("BENCH_OUT", ROOT / "bench" / "runs" / "cpu"))
     extra = shlex.split(os.environ.get("BENCH_TRAIN_ARGS", ""))
-    budget = os.environ.get("BENCH_BUDGET_MIN", "26")
+    budget = os.environ.get("BENCH_BUDGET_MIN", "28")
     zip_path = out.parent / f"{out.name}.zip"
     clean_json = out.parent / f"{out.name}_clean.json"
     shift_json = out.parent / f"{out.name}_shift.json"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from train.config import TrainConfig
 from train.errors import BcsubError
 from train.fit import plan_stages
 from train.pipeline import epoch_indices, training_dataset
+from train.runs import find_members
 
 
 def _history_epochs(path) -> list[int]:
@@ -30,7 +32,7 @@ def test_killed_training_resumes_from_the_saved_epoch(tmp_path):
     out = tmp_path / "run"
     args = ["train", "--data", str(SAMPLE_TRAIN), "--backbone", "tinycnn", "--weights", "none", "--epochs", "6",
             "--limit", "64", "--batch-size", "16", "--augment", "none", "--patience", "10", "--ema-momentum", "0.9",
-            "--out", str(out)]
+            "--polish-epochs", "2", "--polish-augment", "v1", "--out", str(out)]
     proc = subprocess.Popen([sys.executable, "-m", "tools.cli", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 600
@@ -46,8 +48,16 @@ def test_killed_training_resumes_from_the_saved_epoch(tmp_path):
     resumed = run_cli(*args)
     assert resumed.returncode == 0, resumed.stderr
     epochs = _history_epochs(out / "history.csv")
-    assert epochs == list(range(6)), f"expected epochs 0..5 once each (at most one lost), got {epochs}"
-    assert (out / "model.json").exists()
+    assert epochs == [*range(6), 0, 1], f"expected epochs 0..5 once each, then 2 polish epochs; got {epochs}"
+    # the polish stage makes a snapshot ensemble: the weights from before it and after it
+    assert json.loads((out / "ensemble.json").read_text())["members"] == ["unpolished", "polished"]
+    members = find_members(out)
+    assert [m.run_dir.name for m in members] == ["unpolished", "polished"]
+    before, after = (np.load(m.weights_path)["w0000"] for m in members)
+    assert not np.array_equal(before, after)
+    packaged = run_cli("package", str(out), "--out", str(tmp_path / "snap.zip"), "--tta", "1")
+    assert packaged.returncode == 0, packaged.stderr
+    assert "2 member(s)" in packaged.stdout
 
 
 def test_backup_killed_mid_write_keeps_the_previous_epoch(tmp_path, monkeypatch):
@@ -104,7 +114,7 @@ def test_ema_checkpoint_holds_the_weights_that_were_validated(tmp_path):
     model = build_network({"backbone": "tinycnn", "image_size": 32}, input_size=32)
     train_ds, steps = training_dataset(images, labels, 16, "none", 0, seed=0)
     val_ds = evaluation_dataset(images[::3], labels[::3], 16)
-    run_stage(model, Stage("full", 4, 0.01, None, 0.0), cfg, tf.distribute.get_strategy(), train_ds, steps,
+    run_stage(model, Stage("full", 4, 0.01, None, 0.0, "none"), cfg, tf.distribute.get_strategy(), train_ds, steps,
               val_ds, tmp_path, None)
     assert model.optimizer.use_ema
     with open(tmp_path / "history.csv", newline="") as handle:
@@ -181,6 +191,19 @@ def test_two_stages_for_pretrained_one_from_scratch():
     head, fine = plan_stages(tuned)
     assert head.trainable_top == 0 and fine.trainable_top == 30
     assert fine.learning_rate < head.learning_rate and fine.l2 > head.l2
+
+
+def test_polish_stage_is_last_milder_and_slower():
+    cfg = TrainConfig(data="d", out="o", backbone="resnet-small", weights="none", augment="v3", learning_rate=2e-3,
+                      polish_epochs=8, polish_augment="v1", polish_learning_rate_factor=0.15)
+    full, polish = plan_stages(cfg)
+    assert (full.name, full.augment, full.epochs) == ("full", "v3", cfg.epochs)
+    assert (polish.name, polish.augment, polish.epochs, polish.warmup_epochs) == ("polish", "v1", 8, 0)
+    assert polish.learning_rate == pytest.approx(3e-4) and polish.trainable_top is None
+    tuned = TrainConfig(data="d", out="o", backbone="efficientnetv2s", fine_tune_layers=30, polish_epochs=2)
+    assert [(s.name, s.trainable_top) for s in plan_stages(tuned)] == [("head", 0), ("fine_tune", 30), ("polish", 30)]
+    with pytest.raises(BcsubError, match="--polish-augment 'v9'"):
+        TrainConfig(data="d", out="o", polish_epochs=2, polish_augment="v9")
 
 
 def test_fine_tuning_freezes_batchnorm():

@@ -43,6 +43,13 @@ def train(
     class_weights: Annotated[bool | None, typer.Option(help="Weight the loss by inverse class frequency")] = None,
     prior_correction: Annotated[bool | None, typer.Option(
         help="After --balance/--class-weights, shift the logits back to the training class mix")] = None,
+    polish_epochs: Annotated[int | None, typer.Option(
+        help="Extra last epochs with the milder --polish-augment at a lower rate (0: off)")] = None,
+    polish_augment: Annotated[str | None, typer.Option(help="Augmentation preset of the polish epochs")] = None,
+    polish_lr_factor: Annotated[float | None, typer.Option(
+        help="Polish peak learning rate as a fraction of the previous stage's")] = None,
+    snapshot_ensemble: Annotated[bool | None, typer.Option(
+        help="With --polish-epochs, ship the weights from before them too (a 2-member ensemble)")] = None,
     ema_momentum: Annotated[float | None, typer.Option(
         help="Keep an exponential moving average of the weights (0: off, e.g. 0.99)")] = None,
     members: Annotated[int | None, typer.Option(help="Ensemble members (different seeds)")] = None,
@@ -59,6 +66,7 @@ def train(
     """Train a model (or an ensemble) into a run dir."""
     options = {k: (str(v) if isinstance(v, Path) else v) for k, v in locals().items() if k != "preset"}
     options["time_budget_minutes"] = options.pop("time_budget")
+    options["polish_learning_rate_factor"] = options.pop("polish_lr_factor")
     from tools.display import console, per_class_table, training_table
     from train.config import TrainConfig
     from train.ensemble import run_training

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from submission.model import BACKBONES
+from train.augment import PRESETS as AUGMENT_PRESETS
 from train.errors import BcsubError
 
 # Named starting points; explicit CLI options override them.
@@ -14,9 +15,9 @@ PRESETS: dict[str, dict] = {
     # A couple of minutes on 2 CPU cores: the embedded sample, from scratch (used by `make demo`).
     "demo": dict(backbone="resnet-small", weights="none", image_size=64, epochs=20, augment="v2",
                  batch_size=32, learning_rate=3e-3, patience=20),
-    # From scratch on 2 CPU cores in under 30 minutes (bench: --time-budget 26) on the PBC96 train split.
+    # From scratch on 2 CPU cores in under 30 minutes (bench: --time-budget 28) on the PBC96 train split.
     "cpu": dict(backbone="resnet-small", weights="none", image_size=72, epochs=70, augment="v3",
-                batch_size=64, learning_rate=2e-3, balance=900, patience=0),
+                batch_size=64, learning_rate=2e-3, balance=900, patience=0, polish_epochs=8, polish_augment="v1"),
     # The winners' recipe on a GPU: pretrained EfficientNetV2S at 224 px, hybrid augmentation, 3 members.
     "gpu": dict(backbone="efficientnetv2s", weights="imagenet", image_size=224, epochs=10,
                 fine_tune_epochs=20, fine_tune_layers=120, augment="hybrid", batch_size=64,
@@ -48,6 +49,10 @@ class TrainConfig:
     label_smoothing: float = 0.1
     ema_momentum: float = 0.0  # > 0: validate, keep and ship an exponential moving average of the weights
     augment: str = "v2"
+    polish_epochs: int = 0  # > 0: a last stage of this many epochs with polish_augment at a lower rate
+    polish_augment: str = "v1"
+    polish_learning_rate_factor: float = 0.15  # x the previous stage's peak learning rate
+    snapshot_ensemble: bool = True  # with polish epochs: ship the weights from before them too
     balance: int = 0
     class_weights: bool = False
     prior_correction: bool = True  # balanced training: shift the logits back to the training class mix
@@ -74,6 +79,11 @@ class TrainConfig:
             raise BcsubError("--epochs and --batch-size must be at least 1")
         if self.members < 1 or self.folds == 1 or self.folds < 0:
             raise BcsubError("--members must be >= 1 and --folds 0 (off) or >= 2")
+        for option, preset in (("--augment", self.augment), ("--polish-augment", self.polish_augment)):
+            if preset not in AUGMENT_PRESETS:
+                raise BcsubError(f"{option} {preset!r}: unknown preset; choose one of: {', '.join(AUGMENT_PRESETS)}")
+        if self.polish_epochs < 0 or not 0.0 < self.polish_learning_rate_factor <= 1.0:
+            raise BcsubError("--polish-epochs must be >= 0 (0: off) and --polish-lr-factor in (0, 1]")
         if not 0.0 <= self.ema_momentum < 1.0:
             raise BcsubError("--ema-momentum must be in [0, 1): 0 turns it off, 0.99 is typical")
 

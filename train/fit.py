@@ -21,7 +21,7 @@ from train.data import Dataset
 from train.metrics import score
 from train.pipeline import evaluation_dataset, prior_logit_offsets, training_dataset
 from train.plots import plot_confusion, plot_curves
-from train.runs import CONFIG_FILE, HISTORY_FILE, MODEL_SPEC_FILE, WEIGHTS_FILE, is_complete_run
+from train.runs import CONFIG_FILE, ENSEMBLE_FILE, HISTORY_FILE, MODEL_SPEC_FILE, WEIGHTS_FILE, is_complete_run
 
 
 @dataclass
@@ -33,16 +33,24 @@ class Stage:
     learning_rate: float
     trainable_top: int | None  # 0: backbone frozen; N: top N layers; None: everything
     l2: float
+    augment: str
+    warmup_epochs: int = 1
 
 
 def plan_stages(cfg: TrainConfig) -> list[Stage]:
-    """Pretrained: frozen backbone, then the top layers at a lower rate. Scratch: one full stage."""
+    """Pretrained: frozen backbone, then the top layers at a lower rate. Scratch: one full stage.
+    Either way, ``--polish-epochs`` adds a last stage with milder augmentation at a lower rate."""
     if not cfg.pretrained:
-        return [Stage("full", cfg.epochs, cfg.learning_rate, None, cfg.l2)]
-    stages = [Stage("head", cfg.epochs, cfg.learning_rate, 0, cfg.l2)]
-    if cfg.fine_tune_epochs > 0:
-        stages.append(Stage("fine_tune", cfg.fine_tune_epochs, cfg.fine_tune_learning_rate,
-                            cfg.fine_tune_layers, cfg.fine_tune_l2))
+        stages = [Stage("full", cfg.epochs, cfg.learning_rate, None, cfg.l2, cfg.augment, cfg.warmup_epochs)]
+    else:
+        stages = [Stage("head", cfg.epochs, cfg.learning_rate, 0, cfg.l2, cfg.augment, cfg.warmup_epochs)]
+        if cfg.fine_tune_epochs > 0:
+            stages.append(Stage("fine_tune", cfg.fine_tune_epochs, cfg.fine_tune_learning_rate,
+                                cfg.fine_tune_layers, cfg.fine_tune_l2, cfg.augment, cfg.warmup_epochs))
+    if cfg.polish_epochs > 0:
+        last = stages[-1]
+        stages.append(Stage("polish", cfg.polish_epochs, last.learning_rate * cfg.polish_learning_rate_factor,
+                            last.trainable_top, last.l2, cfg.polish_augment, warmup_epochs=0))
     return stages
 
 
@@ -85,11 +93,17 @@ class PersistentCheckpoint(keras.callbacks.Callback):
 
 class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
     """BackupAndRestore whose backup (weights, then epoch counter) is replaced atomically: Keras writes
-    it in place, so a kill during the write left a file that could not be read back."""
+    it in place, so a kill during the write left a file that could not be read back. A resumed stage
+    no longer makes the next stage skip epochs."""
 
     def _save_model(self):
         save_weights_atomically(self.model, Path(self._weights_path))
         write_json(self._training_metadata_path, {"epoch": self._current_epoch, "batch": self._last_batch_seen})
+
+    def on_train_end(self, logs=None):
+        super().on_train_end(logs)
+        # Keras leaves the restored epoch on the model, and the next stage's fit would start there.
+        self.model._initial_epoch = None
 
 
 class TimeBudget(keras.callbacks.Callback):
@@ -111,7 +125,7 @@ class TimeBudget(keras.callbacks.Callback):
 
 def compile_for(model: keras.Model, stage: Stage, cfg: TrainConfig, steps: int) -> None:
     total = max(1, stage.epochs * steps)
-    warmup = min(total // 2, cfg.warmup_epochs * steps)
+    warmup = min(total // 2, stage.warmup_epochs * steps)
     schedule = keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=stage.learning_rate / 10 if warmup else stage.learning_rate,
         decay_steps=max(1, total - warmup),
@@ -152,26 +166,36 @@ def fit_member(cfg: TrainConfig, train: Dataset, val: Dataset, out: Path, backbo
     batch_size = cfg.batch_size * strategy.num_replicas_in_sync
     spec = cfg.model_spec(backbone)
     size = training_input_size(spec)
-    train_ds, steps = training_dataset(train.images, train.labels, batch_size, cfg.augment,
-                                       cfg.balance, seed, size)
+
+    @functools.cache
+    def train_batches(augment: str) -> tuple[tf.data.Dataset, int]:
+        return training_dataset(train.images, train.labels, batch_size, augment, cfg.balance, seed, size)
+
     val_ds = evaluation_dataset(val.images, val.labels, batch_size, size)
     with strategy.scope():
         model = build_pretrained_network(spec, cfg.weights, cfg.l2, input_size=size)
     stages = plan_stages(cfg)
     started = time.monotonic()
     wall_start = time.time()
+    unpolished = None
     for k, stage in enumerate(stages):
+        if stage.name == "polish" and cfg.snapshot_ensemble:
+            unpolished = model.get_weights()  # the previous stage's best epoch
         deadline = None
         if cfg.time_budget_minutes:
             # Share what is left of the budget among the remaining stages, by epochs.
             left = started + cfg.time_budget_minutes * 60 - time.monotonic()
             deadline = time.monotonic() + left * stage.epochs / sum(s.epochs for s in stages[k:])
-        run_stage(model, stage, cfg, strategy, train_ds, steps, val_ds, out,
+        run_stage(model, stage, cfg, strategy, *train_batches(stage.augment), val_ds, out,
                   class_weight_for(train.labels) if cfg.class_weights else None, deadline)
     keras.mixed_precision.set_global_policy("float32")
     if cfg.corrects_prior:
         spec = {**spec, "logit_offsets": prior_logit_offsets(train.labels)}
-    return finish_run(model, spec, val, out, train_seconds=time.time() - wall_start)
+    seconds = time.time() - wall_start
+    if unpolished is None:
+        return finish_run(model, spec, val, out, train_seconds=seconds)
+    snapshots = {"unpolished": unpolished, "polished": model.get_weights()}
+    return finish_snapshot_run(model, snapshots, spec, val, out, train_seconds=seconds)
 
 
 def run_stage(model, stage: Stage, cfg: TrainConfig, strategy, train_ds, steps: int, val_ds, out: Path,
@@ -211,19 +235,43 @@ def training_input_size(spec: dict) -> int | None:
 
 def finish_run(trained: keras.Model, spec: dict, val: Dataset, out: Path, train_seconds: float) -> dict:
     """Write metrics and plots, then the weights and model spec last (their presence marks completion)."""
+    out.mkdir(parents=True, exist_ok=True)
     model = build_network(spec)  # the shipping network (96 px input), with the trained weights
     model.set_weights(trained.get_weights())
-    probs = TTAEnsemble([model]).predict_proba(val.images)
-    metrics = {**score(val.labels, probs.argmax(axis=1)), "train_seconds": train_seconds}
-    write_json(out / "metrics.json", metrics)
-    with atomic_output(out / "val_predictions.npz") as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, probs=probs, labels=val.labels)
-    plot_confusion(metrics["confusion"], out / "confusion.png",
-                   f"{spec['backbone']} validation: acc {metrics['accuracy']:.3f}")
-    if (out / HISTORY_FILE).exists():
-        plot_curves(out / HISTORY_FILE, out / "curves.png")
+    metrics = write_validation(TTAEnsemble([model]).predict_proba(val.images), val, out, train_seconds,
+                               spec["backbone"])
     with atomic_output(out / WEIGHTS_FILE) as tmp:
         save_weights(model, str(tmp))
     write_json(out / MODEL_SPEC_FILE, {**spec, "format": "bcsub-weights-v1",
                                         "keras_version": keras.__version__})
+    return metrics
+
+
+def finish_snapshot_run(trained: keras.Model, snapshots: dict[str, list], spec: dict, val: Dataset, out: Path,
+                        train_seconds: float) -> dict:
+    """A snapshot ensemble: one complete run per set of weights in a sub-folder, the metrics of their
+    average here, and ``ensemble.json`` last (it marks completion; ``bcsub package`` reads it)."""
+    for name, weights in snapshots.items():
+        trained.set_weights(weights)
+        finish_run(trained, spec, val, out / name, train_seconds)
+    probs = np.mean([np.load(out / name / "val_predictions.npz")["probs"] for name in snapshots], axis=0)
+    metrics = write_validation(probs, val, out, train_seconds, f"{spec['backbone']} snapshot ensemble")
+    members = {name: json.loads((out / name / "metrics.json").read_text()) for name in snapshots}
+    write_json(out / ENSEMBLE_FILE, {
+        "members": list(snapshots),
+        "member_metrics": {name: {"backbone": spec["backbone"], "accuracy": m["accuracy"],
+                                  "macro_f1": m["macro_f1"]} for name, m in members.items()},
+    })
+    return metrics
+
+
+def write_validation(probs: np.ndarray, val: Dataset, out: Path, train_seconds: float, title: str) -> dict:
+    """Metrics, validation predictions, confusion matrix and learning curves of a finished run."""
+    metrics = {**score(val.labels, probs.argmax(axis=1)), "train_seconds": train_seconds}
+    write_json(out / "metrics.json", metrics)
+    with atomic_output(out / "val_predictions.npz") as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, probs=probs, labels=val.labels)
+    plot_confusion(metrics["confusion"], out / "confusion.png", f"{title} validation: acc {metrics['accuracy']:.3f}")
+    if (out / HISTORY_FILE).exists():
+        plot_curves(out / HISTORY_FILE, out / "curves.png")
     return metrics

@@ -19,7 +19,10 @@ LEGACY_PREPROCESSING = {"tinycnn": "unit", "resnet-small": "unit"}
 
 
 def is_complete_run(path: Path) -> bool:
-    """A run is complete once its model spec is written (the last file ``train`` writes)."""
+    """A run is complete once its model spec is written (the last file ``train`` writes), a snapshot
+    ensemble once its ``ensemble.json`` is."""
+    if (path / ENSEMBLE_FILE).is_file() and (path / METRICS_FILE).is_file():
+        return True
     return all((path / name).is_file() for name in (MODEL_SPEC_FILE, WEIGHTS_FILE, METRICS_FILE))
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,15 +12,7 @@ from train.data import Dataset, load_dataset, stratified_split, stratified_subsa
 from train.errors import BcsubError
 from train.fit import fit_member
 from train.metrics import score
-from train.runs import CONFIG_FILE, ENSEMBLE_FILE, is_complete_run
-
-
-@dataclass
-class MemberResult:
-    name: str
-    backbone: str
-    seed: int
-    metrics: dict
+from train.runs import CONFIG_FILE, MemberResult, write_ensemble
 
 
 def prepare_data(cfg: TrainConfig) -> tuple[Dataset, Dataset | None]:
@@ -85,7 +76,7 @@ def run_training(cfg: TrainConfig) -> list[MemberResult]:
         name = f"member_{k}"
         metrics = fit_member(cfg, train, val, out / name, backbone=backbone, seed=cfg.seed + k)
         results.append(MemberResult(name, backbone, cfg.seed + k, metrics))
-    _write_ensemble(out, results)
+    write_ensemble(out, results)
     return results
 
 
@@ -112,17 +103,5 @@ def _train_folds(cfg: TrainConfig, data: Dataset, out: Path) -> list[MemberResul
             oof[val_idx] = saved["probs"]
         results.append(MemberResult(name, backbone, cfg.seed + k, metrics))
     np.savez(out / "oof_predictions.npz", probs=oof, labels=data.labels)
-    _write_ensemble(out, results, oof_metrics=score(data.labels, oof.argmax(axis=1)))
+    write_ensemble(out, results, oof_metrics=score(data.labels, oof.argmax(axis=1)))
     return results
-
-
-def _write_ensemble(out: Path, results: list[MemberResult], oof_metrics: dict | None = None) -> None:
-    members = [r.name for r in results if is_complete_run(out / r.name)]
-    summary = {"members": members,
-               "member_metrics": {r.name: {"backbone": r.backbone, "seed": r.seed,
-                                           "accuracy": r.metrics["accuracy"],
-                                           "macro_f1": r.metrics["macro_f1"]} for r in results}}
-    if oof_metrics:
-        summary["oof_metrics"] = oof_metrics
-        write_json(out / "metrics.json", oof_metrics)
-    write_json(out / ENSEMBLE_FILE, summary)

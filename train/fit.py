@@ -21,7 +21,15 @@ from train.data import Dataset
 from train.metrics import score
 from train.pipeline import evaluation_dataset, prior_logit_offsets, training_dataset
 from train.plots import plot_confusion, plot_curves
-from train.runs import CONFIG_FILE, ENSEMBLE_FILE, HISTORY_FILE, MODEL_SPEC_FILE, WEIGHTS_FILE, is_complete_run
+from train.runs import (
+    CONFIG_FILE,
+    HISTORY_FILE,
+    MODEL_SPEC_FILE,
+    WEIGHTS_FILE,
+    MemberResult,
+    is_complete_run,
+    write_ensemble,
+)
 
 
 @dataclass
@@ -195,7 +203,7 @@ def fit_member(cfg: TrainConfig, train: Dataset, val: Dataset, out: Path, backbo
     if unpolished is None:
         return finish_run(model, spec, val, out, train_seconds=seconds)
     snapshots = {"unpolished": unpolished, "polished": model.get_weights()}
-    return finish_snapshot_run(model, snapshots, spec, val, out, train_seconds=seconds)
+    return finish_snapshot_run(model, snapshots, spec, val, out, train_seconds=seconds, seed=seed)
 
 
 def run_stage(model, stage: Stage, cfg: TrainConfig, strategy, train_ds, steps: int, val_ds, out: Path,
@@ -248,20 +256,17 @@ def finish_run(trained: keras.Model, spec: dict, val: Dataset, out: Path, train_
 
 
 def finish_snapshot_run(trained: keras.Model, snapshots: dict[str, list], spec: dict, val: Dataset, out: Path,
-                        train_seconds: float) -> dict:
+                        train_seconds: float, seed: int) -> dict:
     """A snapshot ensemble: one complete run per set of weights in a sub-folder, the metrics of their
     average here, and ``ensemble.json`` last (it marks completion; ``bcsub package`` reads it)."""
+    members = []
     for name, weights in snapshots.items():
         trained.set_weights(weights)
-        finish_run(trained, spec, val, out / name, train_seconds)
+        members.append(MemberResult(name, spec["backbone"], seed, finish_run(trained, spec, val, out / name,
+                                                                            train_seconds)))
     probs = np.mean([np.load(out / name / "val_predictions.npz")["probs"] for name in snapshots], axis=0)
     metrics = write_validation(probs, val, out, train_seconds, f"{spec['backbone']} snapshot ensemble")
-    members = {name: json.loads((out / name / "metrics.json").read_text()) for name in snapshots}
-    write_json(out / ENSEMBLE_FILE, {
-        "members": list(snapshots),
-        "member_metrics": {name: {"backbone": spec["backbone"], "accuracy": m["accuracy"],
-                                  "macro_f1": m["macro_f1"]} for name, m in members.items()},
-    })
+    write_ensemble(out, members)
     return metrics
 
 

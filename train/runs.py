@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from train.atomic import write_json
 from train.errors import BcsubError
 
 CONFIG_FILE = "config.json"
@@ -24,6 +25,29 @@ def is_complete_run(path: Path) -> bool:
     if (path / ENSEMBLE_FILE).is_file() and (path / METRICS_FILE).is_file():
         return True
     return all((path / name).is_file() for name in (MODEL_SPEC_FILE, WEIGHTS_FILE, METRICS_FILE))
+
+
+@dataclass
+class MemberResult:
+    """One trained member of a run: its folder (relative to the run dir) and validation metrics."""
+
+    name: str
+    backbone: str
+    seed: int
+    metrics: dict
+
+
+def write_ensemble(out: Path, results: list[MemberResult], oof_metrics: dict | None = None) -> None:
+    """``ensemble.json`` (the complete members and their scores), written last: it marks completion."""
+    members = [r.name for r in results if is_complete_run(out / r.name)]
+    summary = {"members": members,
+               "member_metrics": {r.name: {"backbone": r.backbone, "seed": r.seed,
+                                           "accuracy": r.metrics["accuracy"],
+                                           "macro_f1": r.metrics["macro_f1"]} for r in results}}
+    if oof_metrics:
+        summary["oof_metrics"] = oof_metrics
+        write_json(out / METRICS_FILE, oof_metrics)
+    write_json(out / ENSEMBLE_FILE, summary)
 
 
 @dataclass(frozen=True)

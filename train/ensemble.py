@@ -12,7 +12,7 @@ from train.data import Dataset, load_dataset, stratified_split, stratified_subsa
 from train.errors import BcsubError
 from train.fit import fit_member
 from train.metrics import score
-from train.runs import CONFIG_FILE, MemberResult, write_ensemble
+from train.runs import CONFIG_FILE, MemberResult, read_val_probs, write_ensemble
 
 
 def prepare_data(cfg: TrainConfig) -> tuple[Dataset, Dataset | None]:
@@ -99,8 +99,7 @@ def _train_folds(cfg: TrainConfig, data: Dataset, out: Path) -> list[MemberResul
         backbone = cfg.backbones[k % len(cfg.backbones)]
         metrics = fit_member(cfg, data.subset(train_idx), data.subset(val_idx), out / name,
                              backbone=backbone, seed=cfg.seed + k)
-        with np.load(out / name / "val_predictions.npz", allow_pickle=False) as saved:
-            oof[val_idx] = saved["probs"]
+        oof[val_idx] = read_val_probs(out / name)
         results.append(MemberResult(name, backbone, cfg.seed + k, metrics))
     np.savez(out / "oof_predictions.npz", probs=oof, labels=data.labels)
     write_ensemble(out, results, oof_metrics=score(data.labels, oof.argmax(axis=1)))

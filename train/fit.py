@@ -24,10 +24,13 @@ from train.plots import plot_confusion, plot_curves
 from train.runs import (
     CONFIG_FILE,
     HISTORY_FILE,
+    METRICS_FILE,
     MODEL_SPEC_FILE,
+    VAL_PREDICTIONS_FILE,
     WEIGHTS_FILE,
     MemberResult,
     is_complete_run,
+    read_val_probs,
     write_ensemble,
 )
 
@@ -164,7 +167,7 @@ def fit_member(cfg: TrainConfig, train: Dataset, val: Dataset, out: Path, backbo
     backbone = backbone or cfg.backbone
     seed = cfg.seed if seed is None else seed
     if is_complete_run(out):
-        return json.loads((out / "metrics.json").read_text())
+        return json.loads((out / METRICS_FILE).read_text())
     write_json(out / CONFIG_FILE, {**cfg.to_json(), "backbone": backbone, "seed": seed})
     strategy = make_strategy(cfg.multi_worker)  # first: multi-worker set-up must precede other TF work
     keras.utils.set_random_seed(seed)
@@ -264,7 +267,7 @@ def finish_snapshot_run(trained: keras.Model, snapshots: dict[str, list], spec: 
         trained.set_weights(weights)
         members.append(MemberResult(name, spec["backbone"], seed, finish_run(trained, spec, val, out / name,
                                                                             train_seconds)))
-    probs = np.mean([np.load(out / name / "val_predictions.npz")["probs"] for name in snapshots], axis=0)
+    probs = np.mean([read_val_probs(out / name) for name in snapshots], axis=0)
     metrics = write_validation(probs, val, out, train_seconds, f"{spec['backbone']} snapshot ensemble")
     write_ensemble(out, members)
     return metrics
@@ -273,8 +276,8 @@ def finish_snapshot_run(trained: keras.Model, snapshots: dict[str, list], spec: 
 def write_validation(probs: np.ndarray, val: Dataset, out: Path, train_seconds: float, title: str) -> dict:
     """Metrics, validation predictions, confusion matrix and learning curves of a finished run."""
     metrics = {**score(val.labels, probs.argmax(axis=1)), "train_seconds": train_seconds}
-    write_json(out / "metrics.json", metrics)
-    with atomic_output(out / "val_predictions.npz") as tmp, open(tmp, "wb") as handle:
+    write_json(out / METRICS_FILE, metrics)
+    with atomic_output(out / VAL_PREDICTIONS_FILE) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, probs=probs, labels=val.labels)
     plot_confusion(metrics["confusion"], out / "confusion.png", f"{title} validation: acc {metrics['accuracy']:.3f}")
     if (out / HISTORY_FILE).exists():

@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from train.atomic import write_json
 from train.errors import BcsubError
 
@@ -15,6 +17,7 @@ MODEL_SPEC_FILE = "model.json"
 WEIGHTS_FILE = "weights.npz"
 METRICS_FILE = "metrics.json"
 ENSEMBLE_FILE = "ensemble.json"
+VAL_PREDICTIONS_FILE = "val_predictions.npz"
 # Runs written before model.json recorded the preprocessing: the from-scratch nets then scaled to [0, 1].
 LEGACY_PREPROCESSING = {"tinycnn": "unit", "resnet-small": "unit"}
 
@@ -25,6 +28,12 @@ def is_complete_run(path: Path) -> bool:
     if (path / ENSEMBLE_FILE).is_file() and (path / METRICS_FILE).is_file():
         return True
     return all((path / name).is_file() for name in (MODEL_SPEC_FILE, WEIGHTS_FILE, METRICS_FILE))
+
+
+def read_val_probs(run_dir: Path) -> np.ndarray:
+    """The validation softmax (n, classes) a finished run saved."""
+    with np.load(run_dir / VAL_PREDICTIONS_FILE, allow_pickle=False) as saved:
+        return saved["probs"]
 
 
 @dataclass

@@ -20,7 +20,19 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
-NUM_CLASSES = 8
+# The challenge: 96x96 RGB images of blood cells, label k is CLASS_NAMES[k]. The rest of bcsub imports these
+# facts (and ``pixel_problem``) from here: this file must stay self-contained, so it is their source.
+CLASS_NAMES = (
+    "basophil",
+    "eosinophil",
+    "erythroblast",
+    "immature granulocyte",
+    "lymphocyte",
+    "monocyte",
+    "neutrophil",
+    "platelet",
+)
+NUM_CLASSES = len(CLASS_NAMES)
 IMAGE_SHAPE = (96, 96, 3)
 MANIFEST_NAME = "bcsub_submission.json"
 WEIGHTS_FORMAT = "bcsub-weights-v1"
@@ -236,21 +248,41 @@ def tta_views(views: list[str] | tuple[str, ...] | int) -> tuple[str, ...]:
     return tuple(views)
 
 
-def check_pixels(X) -> np.ndarray:
-    """Return X as an ndarray after checking it is (n, 96, 96, 3) of 0..255 numbers."""
-    X = np.asarray(X)
-    if X.ndim != 4 or X.shape[1:] != IMAGE_SHAPE:
-        raise ValueError(f"expected images of shape (n, 96, 96, 3), got {X.shape}")
-    if X.dtype.kind not in "uif" and X.dtype != np.bool_:
-        raise ValueError(f"expected uint8 or float pixels 0..255, got dtype {X.dtype}")
+def pixel_problem(X, side: int | None = IMAGE_SHAPE[0], uint8_only: bool = False,
+                  check_values: bool = True) -> str | None:
+    """Why ``X`` is not a batch of RGB images of 0..255 pixels, or None when it is.
+
+    ``side``: the height and width required (None: any); ``uint8_only``: refuse other dtypes;
+    ``check_values``: scan pixels that are not uint8 for NaN, inf and values outside 0..255 (``TTAEnsemble``
+    does that chunk by chunk instead, so its memory stays flat).
+    """
+    expected = "(n, H, W, 3)" if side is None else f"(N, {side}, {side}, 3)"
+    if not isinstance(X, np.ndarray) or X.ndim != 4 or X.shape[-1] != 3 or (
+            side is not None and X.shape[1:3] != (side, side)):
+        return f"images have shape {getattr(X, 'shape', None)}, expected {expected} RGB"
+    if X.dtype != np.uint8 and (uint8_only or X.dtype.kind not in "uifb"):
+        return f"images have dtype {X.dtype}, expected uint8{'' if uint8_only else ' or float'} pixels 0..255"
+    if check_values and X.dtype != np.uint8 and X.size and (
+            not np.isfinite(X).all() or X.min() < 0 or X.max() > 255):
+        return "pixel values must be finite numbers in 0..255 (got NaN, inf or out of range)"
+    return None
+
+
+def _checked(X, check_values: bool) -> np.ndarray:
+    problem = pixel_problem(X, check_values=check_values)
+    if problem:
+        raise ValueError(problem)
     return X
 
 
+def check_pixels(X) -> np.ndarray:
+    """Return X as an ndarray after checking it is (n, 96, 96, 3) of 0..255 numbers (values: see
+    ``_as_float_chunk``)."""
+    return _checked(np.asarray(X), check_values=False)
+
+
 def _as_float_chunk(chunk: np.ndarray) -> np.ndarray:
-    chunk = chunk.astype(np.float32, copy=False)
-    if chunk.size and (not np.isfinite(chunk).all() or chunk.min() < 0 or chunk.max() > 255):
-        raise ValueError("pixel values must be finite numbers in 0..255 (got NaN, inf or out of range)")
-    return chunk
+    return _checked(chunk.astype(np.float32, copy=False), check_values=True)
 
 
 class TTAEnsemble:

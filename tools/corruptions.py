@@ -26,6 +26,7 @@ from PIL import Image
 from scipy import fft as sfft
 from scipy import ndimage
 
+from submission.model import pixel_problem
 from train.errors import BcsubError
 
 CORRUPTIONS: tuple[str, ...] = (
@@ -45,6 +46,7 @@ SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
 AN2DL_STRENGTHS: tuple[int, ...] = (1, 2, 3)
 SUITES: tuple[str, ...] = ("clean", "corruptions", "an2dl")
 
+_MIN_SIDE = 8  # the stain and bubble corruptions place blobs inside a margin of about this size
 _CHUNK = 64  # images processed at once (cache-friendly; part of the seeding)
 _FFT_WORKERS = 1  # the per-chunk transforms are small; threads only add contention
 
@@ -158,16 +160,11 @@ def _severity_to_strength(severity: int) -> int:
 
 
 def _check_images(images: object) -> None:
-    if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
-        got = getattr(images, "dtype", type(images).__name__)
-        raise BcsubError(
-            f"images must be a uint8 numpy array, got {got}; convert with .astype(np.uint8)"
-        )
-    if images.ndim != 4 or images.shape[-1] != 3 or min(images.shape[1:3]) < 8:
-        raise BcsubError(
-            f"images must have shape (n, H, W, 3) with H, W >= 8, got {images.shape}; "
-            "pass a batch of RGB images"
-        )
+    problem = pixel_problem(images, side=None, uint8_only=True)
+    if not problem and min(images.shape[1:3]) < _MIN_SIDE:
+        problem = f"images have shape {images.shape}, expected sides of at least {_MIN_SIDE} px"
+    if problem:
+        raise BcsubError(f"{problem}; pass a batch of RGB images (convert with .astype(np.uint8))")
 
 
 def _check_level(value: object, allowed: tuple[int, ...], what: str) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from submission.model import NUM_CLASSES
 from train.errors import BcsubError
 
 WORKER = Path(__file__).with_name("ingest_worker.py")
@@ -86,8 +87,8 @@ def check_predictions(pred: np.ndarray, n: int) -> str | None:
         return f"predict returned shape {pred.shape}, expected ({n},){hint}"
     if pred.dtype.kind not in "iu":
         return f"predict returned dtype {pred.dtype}, expected integer labels"
-    if n and (pred.min() < 0 or pred.max() > 7):
-        return f"predict returned labels outside 0..7 (min {pred.min()}, max {pred.max()})"
+    if n and (pred.min() < 0 or pred.max() >= NUM_CLASSES):
+        return f"predict returned labels outside 0..{NUM_CLASSES - 1} (min {pred.min()}, max {pred.max()})"
     return None
 
 

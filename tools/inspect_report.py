@@ -18,13 +18,14 @@ from matplotlib.figure import Figure  # the object API renders with Agg, no pypl
 from sklearn.decomposition import PCA
 from sklearn.preprocessing import StandardScaler
 
+from submission.model import CLASS_NAMES
 from train.atomic import write_json
 from train.cleaning import (
     CleaningPlan,
     InspectionResult,
     describe_images,
 )
-from train.data import CLASS_NAMES, save_npz
+from train.data import save_npz
 from train.errors import BcsubError
 from train.plots import save_figure
 
@@ -138,7 +139,7 @@ def plot_embedding(
     ax = fig.add_subplot(1, 1, 1)
     for c in np.unique(labels[normal]):
         pts = normal[labels[normal] == c]
-        ax.scatter(xy[pts, 0], xy[pts, 1], s=6, alpha=0.6, color=CLASS_COLOURS[int(c) % 8],
+        ax.scatter(xy[pts, 0], xy[pts, 1], s=6, alpha=0.6, color=CLASS_COLOURS[int(c) % len(CLASS_COLOURS)],
                    label=f"{int(c)} {class_name(int(c))} ({int((labels == c).sum())})")
     if outliers.any():
         out = np.flatnonzero(outliers)

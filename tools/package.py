@@ -61,12 +61,13 @@ class PackageReport:
 
 
 def check_members(members: list[Member]) -> None:
-    """All members must predict the same 8 classes from 96x96x3 inputs."""
+    """All members must predict the challenge's classes from its images."""
     if not members:
         raise BcsubError("no trained members found; pass run dirs written by `bcsub train`")
     for member in members:
-        if int(member.spec.get("num_classes", 8)) != runtime.NUM_CLASSES:
-            raise BcsubError(f"{member.run_dir}: predicts {member.spec.get('num_classes')} classes, expected 8; "
+        if int(member.spec.get("num_classes", runtime.NUM_CLASSES)) != runtime.NUM_CLASSES:
+            raise BcsubError(f"{member.run_dir}: predicts {member.spec.get('num_classes')} classes, "
+                             f"expected {runtime.NUM_CLASSES}; "
                              "package members trained for this challenge")
         if member.spec.get("backbone") not in runtime.BACKBONES:
             raise BcsubError(f"{member.run_dir}: unknown backbone {member.spec.get('backbone')!r}; "

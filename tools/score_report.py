@@ -11,8 +11,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from submission.model import CLASS_NAMES  # noqa: E402
 from train.atomic import write_text  # noqa: E402
-from train.data import CLASS_NAMES, Dataset  # noqa: E402
+from train.data import Dataset  # noqa: E402
 from train.plots import plot_confusion, save_figure  # noqa: E402
 
 MAX_MISCLASSIFIED = 40

@@ -29,6 +29,7 @@ from sklearn.ensemble import IsolationForest
 from sklearn.neighbors import LocalOutlierFactor
 from sklearn.preprocessing import RobustScaler
 
+from submission.model import pixel_problem
 from train.errors import BcsubError
 
 COPY_GROUP_MIN_SIZE = 5
@@ -122,11 +123,9 @@ def _flat_labels(labels: np.ndarray) -> np.ndarray:
 
 
 def _check_inputs(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    if not isinstance(images, np.ndarray) or images.ndim != 4 or images.shape[-1] != 3:
-        shape = getattr(images, "shape", None)
-        raise BcsubError(f"images have shape {shape}, expected (N, H, W, 3) RGB; convert them first")
-    if images.dtype != np.uint8:
-        raise BcsubError(f"images have dtype {images.dtype}, expected uint8; pass raw 0..255 pixels")
+    problem = pixel_problem(images, side=None, uint8_only=True)
+    if problem:
+        raise BcsubError(f"{problem}; pass raw 0..255 RGB pixels")
     labels = _flat_labels(labels)
     if len(labels) != len(images):
         raise BcsubError(

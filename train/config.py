@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from submission.model import BACKBONES
+from submission.model import BACKBONES, NUM_CLASSES
 from train.augment import PRESETS as AUGMENT_PRESETS
 from train.errors import BcsubError
 
@@ -113,7 +113,7 @@ class TrainConfig:
         return {
             "backbone": name,
             "image_size": self.image_size or BACKBONES[name][2],
-            "num_classes": 8,
+            "num_classes": NUM_CLASSES,
             "dropout": self.dropout,
             "preprocessing": BACKBONES[name][1],
         }

@@ -15,21 +15,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from submission.model import CLASS_NAMES, IMAGE_SHAPE, NUM_CLASSES, pixel_problem
 from train.atomic import atomic_output
 from train.errors import BcsubError
 
-IMAGE_SHAPE = (96, 96, 3)
-CLASS_NAMES = (
-    "basophil",
-    "eosinophil",
-    "erythroblast",
-    "immature granulocyte",
-    "lymphocyte",
-    "monocyte",
-    "neutrophil",
-    "platelet",
-)
-NUM_CLASSES = len(CLASS_NAMES)
+LABEL_RANGE = f"0..{NUM_CLASSES - 1}"
 # Folder names seen in PBC and AN2DL copies, mapped to labels.
 FOLDER_ALIASES = {
     **{str(i): i for i in range(NUM_CLASSES)},
@@ -99,13 +89,13 @@ def _load_folder(path: Path) -> tuple[np.ndarray, np.ndarray]:
     class_dirs = sorted(p for p in path.iterdir() if p.is_dir())
     if not class_dirs:
         raise BcsubError(
-            f"{path}: folder has no class sub-folders; use one sub-folder per class (0..7 or class names)"
+            f"{path}: folder has no class sub-folders; use one sub-folder per class ({LABEL_RANGE} or class names)"
         )
     for class_dir in class_dirs:
         label = FOLDER_ALIASES.get(class_dir.name.lower())
         if label is None:
             raise BcsubError(
-                f"{class_dir}: unknown class folder '{class_dir.name}'; name it 0..7 or one of "
+                f"{class_dir}: unknown class folder '{class_dir.name}'; name it {LABEL_RANGE} or one of "
                 f"{', '.join(CLASS_NAMES)}"
             )
         for file in sorted(class_dir.iterdir()):
@@ -127,16 +117,9 @@ def _load_folder(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def validate_images(images: np.ndarray, where: str) -> None:
     """Check an image array is (N, 96, 96, 3) uint8 (or integer/float in 0..255)."""
-    if not isinstance(images, np.ndarray) or images.ndim != 4 or images.shape[1:] != IMAGE_SHAPE:
-        shape = getattr(images, "shape", None)
-        raise BcsubError(
-            f"{where}: images have shape {shape}, expected (N, 96, 96, 3) RGB; resize/convert them first"
-        )
-    if images.dtype != np.uint8:
-        if images.dtype.kind not in "uif":
-            raise BcsubError(f"{where}: images have dtype {images.dtype}, expected uint8 0..255")
-        if images.size and (not np.isfinite(images).all() or images.min() < 0 or images.max() > 255):
-            raise BcsubError(f"{where}: image values outside 0..255 or NaN; pass raw 0..255 pixels")
+    problem = pixel_problem(images)
+    if problem:
+        raise BcsubError(f"{where}: {problem}; pass raw 0..255 RGB pixels (resize/convert them first)")
 
 
 def validate(dataset: Dataset, require_all_classes: bool = True) -> None:
@@ -154,18 +137,18 @@ def validate(dataset: Dataset, require_all_classes: bool = True) -> None:
     if labels.dtype.kind not in "iu" and not (
         labels.dtype.kind == "f" and np.all(np.mod(labels, 1) == 0)
     ):
-        raise BcsubError(f"{where}: labels have dtype {labels.dtype}, expected integers 0..7")
+        raise BcsubError(f"{where}: labels have dtype {labels.dtype}, expected integers {LABEL_RANGE}")
     labels = labels.astype(np.int64)
     if len(labels) and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
         bad = sorted(set(labels[(labels < 0) | (labels >= NUM_CLASSES)].tolist()))[:5]
-        raise BcsubError(f"{where}: labels {bad} outside 0..7; map classes to 0..7 (see README)")
+        raise BcsubError(f"{where}: labels {bad} outside {LABEL_RANGE}; map classes to {LABEL_RANGE} (see README)")
     if len(labels) == 0:
         raise BcsubError(f"{where}: the dataset is empty; pass a file with images")
     if require_all_classes:
         missing = [CLASS_NAMES[c] for c in range(NUM_CLASSES) if not np.any(labels == c)]
         if missing:
             raise BcsubError(
-                f"{where}: no images of class {', '.join(missing)}; every class 0..7 needs images "
+                f"{where}: no images of class {', '.join(missing)}; every class {LABEL_RANGE} needs images "
                 "(raise --limit or add data)"
             )
     dataset.labels = labels

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from submission.model import NUM_CLASSES
 from train.atomic import write_json
 from train.config import TrainConfig
 from train.data import Dataset, load_dataset, stratified_split, stratified_subsample
@@ -92,7 +93,7 @@ def fold_splits(labels: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndar
 
 def _train_folds(cfg: TrainConfig, data: Dataset, out: Path) -> list[MemberResult]:
     """Stratified k-fold: member k validates on fold k; out-of-fold predictions are saved."""
-    oof = np.zeros((len(data), 8), np.float32)
+    oof = np.zeros((len(data), NUM_CLASSES), np.float32)
     results = []
     for k, (train_idx, val_idx) in enumerate(fold_splits(data.labels, cfg.folds, cfg.seed)):
         name = f"fold_{k}"

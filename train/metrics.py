@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
-from train.data import CLASS_NAMES, NUM_CLASSES
+from submission.model import CLASS_NAMES, NUM_CLASSES
 
 
 def score(y_true: np.ndarray, y_pred: np.ndarray) -> dict:

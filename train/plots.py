@@ -11,8 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from submission.model import CLASS_NAMES  # noqa: E402
 from train.atomic import atomic_output  # noqa: E402
-from train.data import CLASS_NAMES  # noqa: E402
 
 
 def save_figure(fig, path: str | Path) -> Path:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from submission.model import NUM_CLASSES
 from train.cleaning import content_ids
-from train.data import NUM_CLASSES
 from train.errors import BcsubError
 
 

@@ -41,27 +41,6 @@ DEFAULT_BATCH_SIZE = 256
 # learning rate, Keras' default 0.99 lags behind the weights and validation accuracy swings wildly.
 BN_MOMENTUM = 0.9
 
-# name -> (keras.applications constructor, pixel preprocessing, default input size).
-# "raw": the keras model rescales 0..255 itself; "tf": scale to [-1, 1]; "unit": scale to [0, 1];
-# "standardize": per image and channel, zero mean and unit variance (brightness, contrast and colour-cast
-# shifts cancel out: the from-scratch nets use it).
-BACKBONES: dict[str, tuple[str, str, int]] = {
-    "tinycnn": ("", "standardize", 48),
-    "resnet-small": ("", "standardize", 64),
-    "mobilenetv3small": ("MobileNetV3Small", "raw", 96),
-    "mobilenetv3large": ("MobileNetV3Large", "raw", 96),
-    "efficientnetb0": ("EfficientNetB0", "raw", 96),
-    "efficientnetv2b0": ("EfficientNetV2B0", "raw", 96),
-    "efficientnetv2s": ("EfficientNetV2S", "raw", 96),
-    "efficientnetv2m": ("EfficientNetV2M", "raw", 96),
-    "convnexttiny": ("ConvNeXtTiny", "raw", 96),
-    "convnextsmall": ("ConvNeXtSmall", "raw", 96),
-    "xception": ("Xception", "tf", 96),
-    "resnet50v2": ("ResNet50V2", "tf", 96),
-    "nasnetmobile": ("NASNetMobile", "tf", 96),
-}
-
-
 # --------------------------------------------------------------------------- network
 
 
@@ -94,19 +73,6 @@ def _small_resnet(input_shape: tuple[int, int, int], widths: tuple[int, ...]) ->
     return keras.Model(inputs, x, name="backbone")
 
 
-def build_backbone(name: str, input_shape: tuple[int, int, int], weights: str | None) -> keras.Model:
-    """The feature extractor (no head) named ``backbone``; ``weights`` is None, 'imagenet' or a path."""
-    constructor, _, _ = BACKBONES[name]
-    if name == "tinycnn":
-        return _small_resnet(input_shape, (8, 16, 32))
-    if name == "resnet-small":
-        return _small_resnet(input_shape, (32, 64, 128, 256))
-    build = getattr(keras.applications, constructor)
-    model = build(include_top=False, weights=weights, input_shape=input_shape, pooling=None)
-    model.name = "backbone"
-    return model
-
-
 class PerImageStandardization(layers.Layer):
     """Per image and channel: subtract the mean, divide by the standard deviation (at least 1/255 of
     the pixel range). No weights, so the weight layout does not change."""
@@ -135,9 +101,80 @@ class LogitOffset(layers.Layer):
         return {**super().get_config(), "offsets": self.offsets}
 
 
+# What a network does to the 0..255 pixels before its backbone. "raw": nothing (the keras.applications
+# model rescales them itself); "tf": scale to [-1, 1]; "unit": scale to [0, 1]; "standardize": per image
+# and channel, zero mean and unit variance (brightness, contrast and colour-cast shifts cancel out).
+PREPROCESSING = {
+    "raw": None,
+    "tf": lambda: layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess"),
+    "unit": lambda: layers.Rescaling(1 / 255.0, name="preprocess"),
+    "standardize": lambda: PerImageStandardization(name="preprocess"),
+}
+
+
+class Backbone(tuple):
+    """A ``BACKBONES`` entry: ``(build, preprocessing, input_size, application)``.
+
+    ``build(input_shape, weights)`` makes the feature extractor (``weights``: None, 'imagenet' or a path);
+    ``preprocessing`` is a ``PREPROCESSING`` key; ``input_size`` the side the network resizes its 96 px
+    input to by default; ``application`` the ``keras.applications`` class it wraps ('' when trained from
+    scratch). A plain tuple underneath: this file imports nothing but numpy, tensorflow and keras.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, build, preprocessing: str, input_size: int, application: str = ""):
+        return super().__new__(cls, (build, preprocessing, input_size, application))
+
+    build = property(lambda self: self[0])
+    preprocessing = property(lambda self: self[1])
+    input_size = property(lambda self: self[2])
+    application = property(lambda self: self[3])
+
+
+def _scratch(widths: tuple[int, ...], input_size: int) -> Backbone:
+    """A compact ResNet with these stage widths, trained from scratch on standardised pixels."""
+    return Backbone(lambda input_shape, weights: _small_resnet(input_shape, widths), "standardize", input_size)
+
+
+def _application(constructor: str, preprocessing: str = "raw") -> Backbone:
+    """A ``keras.applications`` network without its top, at 96 px unless the spec says otherwise."""
+
+    def build(input_shape, weights):
+        return getattr(keras.applications, constructor)(include_top=False, weights=weights,
+                                                        input_shape=input_shape, pooling=None)
+
+    return Backbone(build, preprocessing, IMAGE_SHAPE[0], constructor)
+
+
+# Every backbone bcsub can train and ship; adding one is one line here.
+BACKBONES: dict[str, Backbone] = {
+    "tinycnn": _scratch((8, 16, 32), 48),
+    "resnet-small": _scratch((32, 64, 128, 256), 64),
+    "mobilenetv3small": _application("MobileNetV3Small"),
+    "mobilenetv3large": _application("MobileNetV3Large"),
+    "efficientnetb0": _application("EfficientNetB0"),
+    "efficientnetv2b0": _application("EfficientNetV2B0"),
+    "efficientnetv2s": _application("EfficientNetV2S"),
+    "efficientnetv2m": _application("EfficientNetV2M"),
+    "convnexttiny": _application("ConvNeXtTiny"),
+    "convnextsmall": _application("ConvNeXtSmall"),
+    "xception": _application("Xception", "tf"),
+    "resnet50v2": _application("ResNet50V2", "tf"),
+    "nasnetmobile": _application("NASNetMobile", "tf"),
+}
+
+
+def build_backbone(name: str, input_shape: tuple[int, int, int], weights: str | None) -> keras.Model:
+    """The feature extractor (no head) named ``backbone``; ``weights`` is None, 'imagenet' or a path."""
+    model = BACKBONES[name].build(input_shape, weights)
+    model.name = "backbone"
+    return model
+
+
 def network_input_size(spec: dict) -> int:
     """The side the backbone sees (the network resizes the 96 px input to it)."""
-    return int(spec.get("image_size") or BACKBONES[spec["backbone"]][2])
+    return int(spec.get("image_size") or BACKBONES[spec["backbone"]].input_size)
 
 
 def build_network(spec: dict, weights: str | None = None, l2: float = 0.0,
@@ -150,19 +187,15 @@ def build_network(spec: dict, weights: str | None = None, l2: float = 0.0,
     name = spec["backbone"]
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}")
-    preprocessing = spec.get("preprocessing") or BACKBONES[name][1]
+    preprocess = PREPROCESSING.get(spec.get("preprocessing") or BACKBONES[name].preprocessing)
     size = network_input_size(spec)
     side = int(input_size or IMAGE_SHAPE[0])
     inputs = keras.Input((side, side, 3), name="pixels")
     x = inputs
     if size != side:
         x = layers.Resizing(size, size, interpolation="bilinear", name="resize")(x)
-    if preprocessing == "tf":
-        x = layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess")(x)
-    elif preprocessing == "unit":
-        x = layers.Rescaling(1 / 255.0, name="preprocess")(x)
-    elif preprocessing == "standardize":
-        x = PerImageStandardization(name="preprocess")(x)
+    if preprocess is not None:
+        x = preprocess()(x)
     x = build_backbone(name, (size, size, 3), weights)(x)
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     x = layers.Dropout(float(spec.get("dropout", 0.3)), name="dropout")(x)

@@ -10,7 +10,7 @@ import keras
 from submission.model import BACKBONES, build_network
 from train.errors import BcsubError
 
-FROM_SCRATCH = {name for name, (constructor, _, _) in BACKBONES.items() if not constructor}
+FROM_SCRATCH = {name for name, backbone in BACKBONES.items() if not backbone.application}
 DOWNLOAD_TIMEOUT_S = 20
 
 
@@ -29,7 +29,7 @@ def resolve_weights(weights: str, backbone: str) -> str | None:
     if not path.is_file():
         raise BcsubError(
             f"--weights {weights}: no such file; pass imagenet, none, or the path of a "
-            f"'{BACKBONES[backbone][0]}' no-top weights file (.h5)"
+            f"'{BACKBONES[backbone].application}' no-top weights file (.h5)"
         )
     return str(path)
 
@@ -44,7 +44,7 @@ def build_pretrained_network(spec: dict, weights: str, l2: float, input_size: in
     except Exception as err:  # keras raises plain Exception for a failed download
         if resolved == "imagenet" and "URL fetch failure" in str(err):
             raise BcsubError(
-                f"--weights imagenet: cannot download the {BACKBONES[spec['backbone']][0]} weights "
+                f"--weights imagenet: cannot download the {BACKBONES[spec['backbone']].application} weights "
                 "(no network?). Copy the no-top .h5 file into ~/.keras/models/, or pass --weights PATH, "
                 "or train from scratch with --weights none"
             ) from None

@@ -112,10 +112,10 @@ class TrainConfig:
         name = backbone or self.backbone
         return {
             "backbone": name,
-            "image_size": self.image_size or BACKBONES[name][2],
+            "image_size": self.image_size or BACKBONES[name].input_size,
             "num_classes": NUM_CLASSES,
             "dropout": self.dropout,
-            "preprocessing": BACKBONES[name][1],
+            "preprocessing": BACKBONES[name].preprocessing,
         }
 
     def to_json(self) -> dict:

@@ -250,23 +250,43 @@ def _saturation(x, factor: float):
     return tf.clip_by_value((x - gray) * factor + gray, 0.0, 255.0)
 
 
+class View:
+    """A TTA view: ``transform`` maps a float32 batch (n, 96, 96, 3) of 0..255 pixels to another; ``group``
+    names the candidate set of ``bcsub package --tta auto`` that tries it ("dihedral", "photometric"; ""
+    for a view used only when named in ``--tta``)."""
+
+    def __init__(self, transform, group: str = ""):
+        self.transform, self.group = transform, group
+
+    def __call__(self, x):
+        return self.transform(x)
+
+
+# Every TTA view the runtime knows; adding one is one line here.
 VIEWS = {
-    "identity": lambda x: x,
-    "rot90": lambda x: tf.image.rot90(x, 1),
-    "rot180": lambda x: tf.image.rot90(x, 2),
-    "rot270": lambda x: tf.image.rot90(x, 3),
-    "flip_lr": tf.image.flip_left_right,
-    "flip_ud": tf.image.flip_up_down,
-    "transpose": tf.image.transpose,
-    "transverse": lambda x: tf.image.rot90(tf.image.transpose(x), 2),
-    "bright_up": lambda x: tf.clip_by_value(x + 16.0, 0.0, 255.0),
-    "bright_down": lambda x: tf.clip_by_value(x - 16.0, 0.0, 255.0),
-    "contrast_up": lambda x: _contrast(x, 1.25),
-    "contrast_down": lambda x: _contrast(x, 0.8),
-    "saturation_down": lambda x: _saturation(x, 0.7),
-    "blur": _blur,
+    "identity": View(lambda x: x, "dihedral"),
+    "rot90": View(lambda x: tf.image.rot90(x, 1), "dihedral"),
+    "rot180": View(lambda x: tf.image.rot90(x, 2), "dihedral"),
+    "rot270": View(lambda x: tf.image.rot90(x, 3), "dihedral"),
+    "flip_lr": View(tf.image.flip_left_right, "dihedral"),
+    "flip_ud": View(tf.image.flip_up_down, "dihedral"),
+    "transpose": View(tf.image.transpose, "dihedral"),
+    "transverse": View(lambda x: tf.image.rot90(tf.image.transpose(x), 2), "dihedral"),
+    "bright_up": View(lambda x: tf.clip_by_value(x + 16.0, 0.0, 255.0), "photometric"),
+    "bright_down": View(lambda x: tf.clip_by_value(x - 16.0, 0.0, 255.0), "photometric"),
+    "contrast_up": View(lambda x: _contrast(x, 1.25)),
+    "contrast_down": View(lambda x: _contrast(x, 0.8), "photometric"),
+    "saturation_down": View(lambda x: _saturation(x, 0.7), "photometric"),
+    "blur": View(_blur, "photometric"),
 }
-DIHEDRAL_VIEWS = ("identity", "rot90", "rot180", "rot270", "flip_lr", "flip_ud", "transpose", "transverse")
+
+
+def views_in(group: str) -> tuple[str, ...]:
+    """The names of the views of one ``View.group``, in ``VIEWS`` order."""
+    return tuple(name for name, view in VIEWS.items() if view.group == group)
+
+
+DIHEDRAL_VIEWS = views_in("dihedral")
 
 
 def tta_views(views: list[str] | tuple[str, ...] | int) -> tuple[str, ...]:

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from submission.model import DIHEDRAL_VIEWS, TTAEnsemble
+from submission.model import DIHEDRAL_VIEWS, TTAEnsemble, views_in
 
-PHOTOMETRIC_VIEWS = ("bright_up", "bright_down", "contrast_down", "saturation_down", "blur")
+PHOTOMETRIC_VIEWS = views_in("photometric")
 CANDIDATE_VIEW_SETS: dict[str, tuple[str, ...]] = {
     "none": ("identity",),
     "flips2": ("identity", "flip_lr"),

@@ -19,13 +19,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tools.corruptions import (  # noqa: E402
-    AN2DL_STRENGTHS,
-    CORRUPTIONS,
-    SEVERITIES,
-    an2dl_shift,
-    corrupt,
-)
+from tools.shift.an2dl import AN2DL_STRENGTHS, an2dl_shift  # noqa: E402
+from tools.shift.corruptions import CORRUPTIONS, SEVERITIES, corrupt  # noqa: E402
 from train.atomic import write_json  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "pbc96_test.npz"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score
 
-from tools.corruptions import plan_variants
 from tools.local_score import expected_hidden_score
+from tools.shift.suite import plan_variants
 from train.metrics import score
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from tools.shift.suite import SHIFT_SUITES
+
 console = Console()
 
 
@@ -61,7 +63,7 @@ def scores_table(results) -> Table:
     rows = [("clean macro-F1", [_pct(r.summary.get("clean_macro_f1")) for r in results])]
     for v in variants:
         rows.append((v.name, [_pct(r.scores.get(v.name, {}).get("accuracy")) for r in results]))
-    for suite in ("corruptions", "an2dl"):
+    for suite in SHIFT_SUITES:
         if any(suite in r.summary.get("suite_mean_accuracy", {}) for r in results):
             rows.append((f"mean {suite}", [_pct(r.summary["suite_mean_accuracy"].get(suite)) for r in results]))
     rows.append(("mean over shifts", [_pct(r.summary.get("shift_mean_accuracy")) for r in results]))

@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tools.corruptions import SEVERITIES, SUITES, Variant, apply_variant, plan_variants
 from tools.harness import DEFAULT_TIME_LIMIT_S, IngestionResult, Progress, run_zip
+from tools.shift.corruptions import SEVERITIES
+from tools.shift.suite import SHIFT_SUITES, SUITES, Variant, apply_variant, plan_variants
 from train.data import Dataset, load_dataset, stratified_subsample
 from train.metrics import score
 
@@ -80,7 +81,7 @@ def summarise(result: SubmissionScore, seed: int) -> dict:
     scores = result.scores
     shifted = [s["accuracy"] for name, s in scores.items() if name != "clean"]
     by_suite = {}
-    for suite in ("corruptions", "an2dl"):
+    for suite in SHIFT_SUITES:
         values = [scores[v.name]["accuracy"] for v in result.variants if v.suite == suite and v.name in scores]
         if values:
             by_suite[suite] = float(np.mean(values))

@@ -109,13 +109,13 @@ def validation_data(members: list[Member], val: str | None, seed: int) -> Datase
 
 def shifted_eval_sets(data: Dataset, seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Clean validation data plus a few shifted copies from the local-score suite."""
-    from tools.corruptions import Variant, apply_variant
+    from tools.shift.suite import apply_variant, make_variant
 
     sets = {"clean": (data.images, data.labels)}
-    for kind, severity, suite in (("an2dl", 2, "an2dl"), ("defocus_blur", 3, "corruptions"),
-                                  ("contrast_down", 3, "corruptions"), ("saturate", 3, "corruptions"),
-                                  ("stain_deposit", 3, "corruptions")):
-        variant = Variant(f"{kind}@{severity}", suite, kind, severity)
+    for suite, kind, severity in (("an2dl", "an2dl", 2), ("corruptions", "defocus_blur", 3),
+                                  ("corruptions", "contrast_down", 3), ("corruptions", "saturate", 3),
+                                  ("corruptions", "stain_deposit", 3)):
+        variant = make_variant(suite, kind, severity)
         sets[variant.name] = (apply_variant(data.images, variant, seed), data.labels)
     return sets
 

@@ -1,4 +1,4 @@
-"""Tests for tools.corruptions: the deterministic shift suite of `bcsub local-score`."""
+"""Tests for tools.shift: the deterministic shift suite of `bcsub local-score`."""
 
 from __future__ import annotations
 
@@ -8,17 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tools.corruptions import (
-    AN2DL_STRENGTHS,
-    CORRUPTIONS,
-    SEVERITIES,
-    SUITES,
-    Variant,
-    an2dl_shift,
-    apply_variant,
-    corrupt,
-    plan_variants,
-)
+from tools.shift.an2dl import AN2DL_STRENGTHS, an2dl_shift
+from tools.shift.corruptions import CORRUPTIONS, SEVERITIES, corrupt
+from tools.shift.suite import SUITES, Variant, apply_variant, plan_variants
 from train.errors import BcsubError
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample" / "test.npz"

@@ -32,10 +32,13 @@ from train.atomic import write_json  # noqa: E402
 from train.pipeline import training_dataset  # noqa: E402
 
 EPOCHS, LEARNING_RATE, BALANCE, BATCH = 8, 3e-4, 900, 64
-# Candidates: presets, and v1 plus one of the parts that v2 adds (colour, geometry, degradation).
-PARTS = {"colour": augment._colour, "geometry": augment._geometry, "degrade": augment._degrade}
-PRESET_LAYERS = augment._layers
+# Candidates: presets, and v1 plus one of the parts that v2 adds (colour, geometry, degradation), each
+# registered as a preset of its own.
 CANDIDATES = ("v1", "v1+colour", "v1+geometry", "v1+degrade", "v2", "v3")
+for _name in CANDIDATES:
+    if "+" in _name:
+        _part = _name.split("+")[1]
+        augment.PRESETS[_name] = augment.Preset(f"v1 + {_part}", ("dihedral", _part))
 
 
 def polish(base: Path, candidate: str, out: Path) -> None:
@@ -43,18 +46,10 @@ def polish(base: Path, candidate: str, out: Path) -> None:
     spec = json.loads((base / "model.json").read_text())
     shipped = build_network(spec)
     load_weights(shipped, str(base / "weights.npz"))
-    preset, *parts = candidate.split("+")
-    augment._layers = PRESET_LAYERS
-    if parts:  # v1 + named parts, through the preset machinery
-
-        def layers(_: str, seed: int) -> list:
-            seeds = augment._seeds(seed)
-            return [layer for make in (augment._dihedral, *(PARTS[p] for p in parts)) for layer in make(seeds)]
-
-        augment._layers, preset = layers, "v2"
     keras.utils.set_random_seed(1)
     with np.load(DATA / "pbc96_train.npz", allow_pickle=False) as train:
-        ds, steps = training_dataset(train["images"], train["labels"], BATCH, preset, BALANCE, 1, spec["image_size"])
+        ds, steps = training_dataset(train["images"], train["labels"], BATCH, candidate, BALANCE, 1,
+                                     spec["image_size"])
     net = build_network({k: v for k, v in spec.items() if k != "logit_offsets"}, l2=1e-4,
                         input_size=spec["image_size"])
     net.set_weights(shipped.get_weights())

@@ -8,7 +8,7 @@ Images are float32 ``(b, 96, 96, 3)`` in ``[0, 255]``; every Keras layer gets
     mix = batch_mixer("hybrid", seed=0)  # 'hybrid' only; labels one-hot float32
     ds = ds.map(mix, num_parallel_calls=tf.data.AUTOTUNE)
 
-Presets: see ``PRESET_DOCS``. Keras 3.15 quirks handled here:
+Presets: see ``PRESETS`` (each a list of ``PARTS``). Keras 3.15 quirks handled here:
 - ``RandomFlip("horizontal_and_vertical")`` flips both axes with ONE coin (identity or 180 degrees
   only); ``RandomDihedral`` gives all 8 flips/90-degree rotations exactly.
 - ``RandAugment`` evaluates all its ops and keeps one with ``where`` (11x the work);
@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import random
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -36,15 +37,6 @@ import tensorflow as tf
 from train.atomic import atomic_output
 from train.errors import BcsubError
 
-PRESETS: tuple[str, ...] = ("none", "v1", "v2", "v3", "hybrid")
-PRESET_DOCS: dict[str, str] = {
-    "none": "no augmentation",
-    "v1": "random dihedral (h/v flips + transpose: all 8 flips/90-degree rotations)",
-    "v2": "v1 + rotation/zoom/shift (reflect) + colour & stain jitter + exposure + blur + noise + JPEG",
-    "v3": "v2 + RandAugment",
-    "hybrid": "v1 + rotation/zoom/shift + AugMix (1/4 of each batch) or RandAugment (3/4) "
-    "+ v2 colour, exposure, blur, noise, JPEG; CutMix or MixUp per batch",
-}
 VALUE_RANGE = (0.0, 255.0)
 
 # Strengths (value_range units are 0..255). Contrast x[0.45, 1.55]; saturation x[0.33, 2.33]
@@ -429,30 +421,58 @@ def _degrade(s: Iterator[int]) -> list[keras.layers.Layer]:
     ]
 
 
-def _randaugment(s: Iterator[int]) -> keras.layers.Layer:
+def _randaugment_layer(s: Iterator[int]) -> keras.layers.Layer:
     return FastRandAugment(
         value_range=VALUE_RANGE, num_ops=RANDAUG_NUM_OPS, factor=RANDAUG_FACTOR, seed=next(s)
     )
 
 
-def _augmix(s: Iterator[int]) -> keras.layers.Layer:
+def _augmix_layer(s: Iterator[int]) -> keras.layers.Layer:
     layer = CellAugMix(
         value_range=VALUE_RANGE, factor=AUGMIX_FACTOR, chain_depth=AUGMIX_DEPTH, seed=next(s)
     )
     return ChunkedVariants(layer, AUGMIX_CHUNKS, seed=next(s))
 
 
-def _layers(preset: str, seed: int) -> list[keras.layers.Layer]:
+# The layer groups presets are made of: name -> builder taking the per-layer seed stream.
+PARTS: dict[str, Callable[[Iterator[int]], list[keras.layers.Layer]]] = {
+    "dihedral": _dihedral,
+    "geometry": _geometry,
+    "randaugment": lambda s: [_randaugment_layer(s)],
+    "augmix_or_randaugment": lambda s: [SplitApply(_augmix_layer(s), _randaugment_layer(s), AUGMIX_FRACTION)],
+    "colour": _colour,
+    "degrade": _degrade,
+}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """An augmentation recipe: ``parts`` (``PARTS`` names, applied per image in order) and ``mix``
+    (CutMix or MixUp per batch)."""
+
+    doc: str
+    parts: tuple[str, ...]
+    mix: bool = False
+
+
+# Every preset `--augment` accepts; adding one is one line here.
+PRESETS: dict[str, Preset] = {
+    "none": Preset("no augmentation", ()),
+    "v1": Preset("random dihedral (h/v flips + transpose: all 8 flips/90-degree rotations)", ("dihedral",)),
+    "v2": Preset("v1 + rotation/zoom/shift (reflect) + colour & stain jitter + exposure + blur + noise + JPEG",
+                 ("dihedral", "geometry", "colour", "degrade")),
+    "v3": Preset("v2 + RandAugment", ("dihedral", "geometry", "randaugment", "colour", "degrade")),
+    "hybrid": Preset("v1 + rotation/zoom/shift + AugMix (1/4 of each batch) or RandAugment (3/4) "
+                     "+ v2 colour, exposure, blur, noise, JPEG; CutMix or MixUp per batch",
+                     ("dihedral", "geometry", "augmix_or_randaugment", "colour", "degrade"), mix=True),
+}
+
+
+def preset_layers(preset: str, seed: int) -> list[keras.layers.Layer]:
+    """The per-image layers of ``preset``, each with its own seed drawn from ``seed``."""
+    _check_preset(preset)
     s = _seeds(seed)
-    if preset == "v1":
-        return _dihedral(s)
-    if preset == "v2":
-        return _dihedral(s) + _geometry(s) + _colour(s) + _degrade(s)
-    if preset == "v3":
-        return _dihedral(s) + _geometry(s) + [_randaugment(s)] + _colour(s) + _degrade(s)
-    # hybrid
-    split = SplitApply(_augmix(s), _randaugment(s), AUGMIX_FRACTION)
-    return _dihedral(s) + _geometry(s) + [split] + _colour(s) + _degrade(s)
+    return [layer for part in PRESETS[preset].parts for layer in PARTS[part](s)]
 
 
 def image_augmenter(preset: str, seed: int = 0) -> Callable[[tf.Tensor], tf.Tensor] | None:
@@ -461,10 +481,9 @@ def image_augmenter(preset: str, seed: int = 0) -> Callable[[tf.Tensor], tf.Tens
     None for preset 'none'. Unknown preset -> BcsubError naming the allowed presets. Works eagerly
     and inside ``tf.data`` ``map`` (graph mode); random draws differ per batch and per epoch.
     """
-    _check_preset(preset)
-    if preset == "none":
+    layers = preset_layers(preset, seed)
+    if not layers:
         return None
-    layers = _layers(preset, seed)
     for layer in layers:  # built now, Keras does not trace each container symbolically first
         layer.build((None, None, None, 3))
     pipeline = keras.layers.Pipeline(layers, name=f"augment_{preset}")
@@ -492,13 +511,13 @@ def image_augmenter(preset: str, seed: int = 0) -> Callable[[tf.Tensor], tf.Tens
 def batch_mixer(
     preset: str, seed: int = 0
 ) -> Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]] | None:
-    """Per-batch CutMix or MixUp (coin flip per batch) for 'hybrid'; None for other presets.
+    """Per-batch CutMix or MixUp (coin flip per batch) for presets that mix ('hybrid'); else None.
 
     (images float32 (b,96,96,3), labels one-hot float32 (b,8)) -> (mixed images, soft labels that
     sum to 1). Apply after batching (and after ``image_augmenter``).
     """
     _check_preset(preset)
-    if preset != "hybrid":
+    if not PRESETS[preset].mix:
         return None
     s = _seeds(seed + 7919)
     cutmix = keras.layers.CutMix(factor=CUTMIX_FACTOR, seed=next(s))
@@ -564,7 +583,7 @@ def preview_grid(
             ax.set_yticks([])
             if r == 0:
                 ax.set_title("original" if c == 0 else f"view {c}", fontsize=7)
-    fig.suptitle(f"preset {preset!r}: {PRESET_DOCS[preset]}", fontsize=7)
+    fig.suptitle(f"preset {preset!r}: {PRESETS[preset].doc}", fontsize=7)
     fig.tight_layout()
     out_png = Path(out_png)
     with atomic_output(out_png) as tmp:

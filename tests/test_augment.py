@@ -1,4 +1,4 @@
-"""Tests for train.augment: presets in tf.data graph mode, range, label mixing, previews."""
+"""Tests for train.augment: presets in tf.data graph mode, range, label mixing."""
 
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ from train.augment import (  # noqa: E402
     RandomJPEG,
     batch_mixer,
     image_augmenter,
-    preview_grid,
 )
 from train.errors import BcsubError  # noqa: E402
 
@@ -165,18 +164,3 @@ def test_batch_mixer_soft_labels_in_tf_data() -> None:
         assert labels.min() >= 0.0
         soft |= bool(((labels > 1e-3) & (labels < 1 - 1e-3)).any())
     assert soft
-
-
-@pytest.mark.parametrize("preset", ["none", "v2"])
-def test_preview_grid_writes_png(tmp_path, preset: str) -> None:
-    out = preview_grid(_images(3).astype(np.uint8), preset, tmp_path / "p.png", n_views=2)
-    assert out == tmp_path / "p.png"
-    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert [p.name for p in tmp_path.iterdir()] == ["p.png"]  # no temporary left behind
-
-
-def test_preview_grid_rejects_bad_input(tmp_path) -> None:
-    with pytest.raises(BcsubError, match="N, H, W, 3"):
-        preview_grid(np.zeros((96, 96, 3)), "v1", tmp_path / "p.png")
-    with pytest.raises(BcsubError, match="allowed|use one of"):
-        preview_grid(_images(1), "bogus", tmp_path / "p.png")

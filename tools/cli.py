@@ -201,8 +201,8 @@ def augment_preview(
     seed: Annotated[int, typer.Option(help="Random seed")] = 0,
 ) -> None:
     """Write a grid showing what an augmentation preset does."""
+    from tools.augment_preview import preview_grid
     from tools.display import console
-    from train.augment import preview_grid
     from train.data import load_dataset
 
     dataset = load_dataset(data, require_all_classes=False)

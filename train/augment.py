@@ -28,13 +28,11 @@ import functools
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from train.atomic import atomic_output
 from train.errors import BcsubError
 
 VALUE_RANGE = (0.0, 255.0)
@@ -370,7 +368,8 @@ class SplitApply(keras.layers.Layer):
         return tf.concat([a, b], axis=0)
 
 
-def _check_preset(preset: str) -> None:
+def check_preset(preset: str) -> None:
+    """Raise the error naming the presets when ``preset`` is not one of them."""
     if preset not in PRESETS:
         raise BcsubError(
             f"unknown augmentation preset {preset!r}; use one of: {', '.join(PRESETS)}"
@@ -470,7 +469,7 @@ PRESETS: dict[str, Preset] = {
 
 def preset_layers(preset: str, seed: int) -> list[keras.layers.Layer]:
     """The per-image layers of ``preset``, each with its own seed drawn from ``seed``."""
-    _check_preset(preset)
+    check_preset(preset)
     s = _seeds(seed)
     return [layer for part in PRESETS[preset].parts for layer in PARTS[part](s)]
 
@@ -516,7 +515,7 @@ def batch_mixer(
     (images float32 (b,96,96,3), labels one-hot float32 (b,8)) -> (mixed images, soft labels that
     sum to 1). Apply after batching (and after ``image_augmenter``).
     """
-    _check_preset(preset)
+    check_preset(preset)
     if not PRESETS[preset].mix:
         return None
     s = _seeds(seed + 7919)
@@ -543,50 +542,3 @@ def batch_mixer(
         return x, tf.ensure_shape(y, labels.shape)
 
     return mix
-
-
-def preview_grid(
-    images: np.ndarray,
-    preset: str,
-    out_png: Path,
-    n_images: int = 8,
-    n_views: int = 6,
-    seed: int = 0,
-) -> Path:
-    """Grid PNG: each row one image: original then ``n_views`` augmented views (per-image part only;
-    CutMix/MixUp not shown). Matplotlib Agg, atomic write. Returns ``out_png``."""
-    _check_preset(preset)
-    images = np.asarray(images)
-    if images.ndim != 4 or images.shape[-1] != 3 or len(images) == 0:
-        raise BcsubError(
-            f"preview_grid needs a non-empty (N, H, W, 3) image array, got shape {images.shape}; "
-            "pass e.g. the 'images' array of a dataset npz"
-        )
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    batch = images[:n_images].astype(np.float32)
-    augment = image_augmenter(preset, seed=seed)
-    views = [
-        batch if augment is None else augment(tf.constant(batch)).numpy() for _ in range(n_views)
-    ]
-    rows, cols = len(batch), n_views + 1
-    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.3 * rows), squeeze=False)
-    for r in range(rows):
-        for c in range(cols):
-            img = batch[r] if c == 0 else views[c - 1][r]
-            ax = axes[r, c]
-            ax.imshow(np.clip(img, 0, 255).astype(np.uint8))
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title("original" if c == 0 else f"view {c}", fontsize=7)
-    fig.suptitle(f"preset {preset!r}: {PRESETS[preset].doc}", fontsize=7)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    with atomic_output(out_png) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return out_png

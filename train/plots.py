@@ -15,9 +15,10 @@ from submission.model import CLASS_NAMES  # noqa: E402
 from train.atomic import atomic_output  # noqa: E402
 
 
-def save_figure(fig, path: str | Path) -> Path:
+def save_figure(fig, path: str | Path, dpi: int = 110, bbox_inches: str | None = "tight") -> Path:
+    """Write ``fig`` as a PNG atomically and close it."""
     with atomic_output(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches=bbox_inches)
     plt.close(fig)
     return Path(path)
 

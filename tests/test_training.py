@@ -66,7 +66,7 @@ def test_backup_killed_mid_write_keeps_the_previous_epoch(tmp_path, monkeypatch)
     from pathlib import Path
 
     from submission.model import build_network
-    from train.fit import AtomicBackupAndRestore
+    from train.keras_internals import AtomicBackupAndRestore
 
     def network():
         model = build_network({"backbone": "tinycnn", "image_size": 32}, input_size=32)

@@ -37,6 +37,14 @@ def write_text(path: str | Path, text: str) -> Path:
     return Path(path)
 
 
+def write_weights(model: Any, path: str | Path) -> Path:
+    """``model.save_weights`` (a Keras model: weights and optimizer state) that a kill mid-write cannot
+    corrupt."""
+    with atomic_output(path, suffix=".weights.h5") as tmp:
+        model.save_weights(str(tmp))
+    return Path(path)
+
+
 def write_json(path: str | Path, obj: Any) -> Path:
     return write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
 

@@ -34,6 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from train.errors import BcsubError
+from train.keras_internals import op_layer, op_names, randaugment_draws, restrict_ops
 
 VALUE_RANGE = (0.0, 255.0)
 
@@ -72,19 +73,6 @@ RANDAUG_OPS = (
     "auto_contrast",
 )
 AUGMIX_FACTOR = 0.2
-AUGMIX_ALL_OPS = [  # keras AugMix(all_ops=True) op names
-    "random_shear",
-    "random_translation",
-    "random_rotation",
-    "random_posterization",
-    "solarization",
-    "auto_contrast",
-    "equalization",
-    "random_brightness",
-    "random_color_degeneration",
-    "random_contrast",
-    "random_sharpness",
-]
 AUGMIX_OPS = (
     "random_shear",
     "random_translation",
@@ -185,20 +173,20 @@ class FastRandAugment(keras.layers.RandAugment):
 
     def __init__(self, ops: tuple[str, ...] = RANDAUG_OPS, **kwargs):
         super().__init__(**kwargs)
-        _check_ops(ops, keras.layers.RandAugment._AUGMENT_LAYERS, "RandAugment")
-        self._AUGMENT_LAYERS = list(ops)
+        _check_ops(ops, op_names(self), "RandAugment")
+        restrict_ops(self, ops)
 
     def transform_images(self, images, transformation, training=True):
         images = tf.cast(images, self.compute_dtype)
         if not training:
             return images
-        transforms = transformation["transforms"]
+        transforms, chosen = randaugment_draws(transformation)
         names = list(transforms)
         for i in range(self.num_ops):
             branches = [
                 functools.partial(_apply_op, self, name, images, transforms[name]) for name in names
             ]
-            images = tf.switch_case(transformation["layer_idxes"][i], branches)
+            images = tf.switch_case(chosen[i], branches)
         return images
 
 
@@ -211,13 +199,13 @@ class CellAugMix(keras.layers.AugMix):
 
     def __init__(self, ops: tuple[str, ...] = AUGMIX_OPS, **kwargs):
         super().__init__(all_ops=True, **kwargs)
-        _check_ops(ops, AUGMIX_ALL_OPS, "AugMix")
-        self._augment_layers = list(ops)
+        _check_ops(ops, op_names(self), "AugMix")
+        restrict_ops(self, ops)
 
 
 def _apply_op(parent: keras.layers.Layer, name: str, images, transform):
     """``parent``'s sub-layer ``name`` applied with a drawn ``transform``; dtype and shape kept."""
-    out = getattr(parent, name).transform_images(images, transform)
+    out = op_layer(parent, name).transform_images(images, transform)
     return tf.ensure_shape(tf.cast(out, parent.compute_dtype), images.shape)
 
 

@@ -14,10 +14,11 @@ import numpy as np
 import tensorflow as tf
 
 from submission.model import IMAGE_SHAPE, TTAEnsemble, build_network, network_input_size, save_weights
-from train.atomic import atomic_output, write_json
+from train.atomic import atomic_output, write_json, write_weights
 from train.backbones import build_pretrained_network, set_backbone_trainable, set_head_l2
 from train.config import TrainConfig
 from train.data import Dataset
+from train.keras_internals import AtomicBackupAndRestore
 from train.metrics import score
 from train.pipeline import evaluation_dataset, prior_logit_offsets, training_dataset
 from train.plots import plot_confusion, plot_curves
@@ -75,12 +76,6 @@ def make_strategy(multi_worker: bool) -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
-def save_weights_atomically(model: keras.Model, path: Path) -> None:
-    """``model.save_weights`` (model and optimizer state) that a kill mid-write cannot corrupt."""
-    with atomic_output(path, suffix=".weights.h5") as tmp:
-        model.save_weights(str(tmp))
-
-
 class PersistentCheckpoint(keras.callbacks.Callback):
     """Keep the weights of the epoch with the best validation accuracy. The best score lives in a side
     file, so a resumed run keeps it; both are replaced atomically."""
@@ -97,24 +92,9 @@ class PersistentCheckpoint(keras.callbacks.Callback):
         score = (logs or {}).get("val_accuracy")
         if score is None or score <= self.best:
             return
-        save_weights_atomically(self.model, self.filepath)
+        write_weights(self.model, self.filepath)
         self.best = float(score)
         write_json(self.best_file, {"best": self.best, "epoch": epoch + 1})
-
-
-class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
-    """BackupAndRestore whose backup (weights, then epoch counter) is replaced atomically: Keras writes
-    it in place, so a kill during the write left a file that could not be read back. A resumed stage
-    no longer makes the next stage skip epochs."""
-
-    def _save_model(self):
-        save_weights_atomically(self.model, Path(self._weights_path))
-        write_json(self._training_metadata_path, {"epoch": self._current_epoch, "batch": self._last_batch_seen})
-
-    def on_train_end(self, logs=None):
-        super().on_train_end(logs)
-        # Keras leaves the restored epoch on the model, and the next stage's fit would start there.
-        self.model._initial_epoch = None
 
 
 class TimeBudget(keras.callbacks.Callback):

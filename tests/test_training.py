@@ -171,7 +171,7 @@ def test_training_dataset_augments_at_the_network_size():
 
 
 def test_fold_splits_are_stratified_and_disjoint():
-    from train.ensemble import fold_splits
+    from train.trainer import fold_splits
 
     labels = np.repeat(np.arange(8), 10)
     splits = fold_splits(labels, 5, seed=0)

@@ -69,7 +69,7 @@ def train(
     options["polish_learning_rate_factor"] = options.pop("polish_lr_factor")
     from tools.display import console, per_class_table, training_table
     from train.config import TrainConfig
-    from train.ensemble import run_training
+    from train.trainer import run_training
 
     cfg = TrainConfig.from_options(preset, **options)
     console.print(f"[bold]bcsub train[/] {cfg.backbone} weights={cfg.weights} augment={cfg.augment} "
@@ -242,8 +242,6 @@ def clean(
     near_threshold: Annotated[int, typer.Option(help="Max Hamming distance of near-duplicates (0-64)")] = 4,
 ) -> None:
     """Remove outliers and duplicate copies; writes a manifest of every removed image."""
-    from collections import Counter
-
     from tools.display import console
     from tools.inspect_report import write_clean_npz
     from train.cleaning import inspect_arrays, plan_cleaning
@@ -252,8 +250,7 @@ def clean(
     dataset = load_dataset(data, require_all_classes=False)
     result = inspect_arrays(dataset.images, dataset.labels, near_threshold=near_threshold)
     plan = plan_cleaning(result, dataset.labels, len(dataset))
-    reasons = Counter(item["reason"] for item in plan.removed)
-    console.print(f"keep {int(plan.keep.sum())} of {len(dataset)}; remove {len(plan.removed)}: {dict(reasons)}")
+    console.print(f"keep {int(plan.keep.sum())} of {len(dataset)}; remove {len(plan.removed)}: {plan.summary()}")
     if dry_run:
         console.print("dry run: nothing written")
         return

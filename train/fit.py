@@ -23,7 +23,6 @@ from train.metrics import score
 from train.pipeline import evaluation_dataset, prior_logit_offsets, training_dataset
 from train.plots import plot_confusion, plot_curves
 from train.runs import (
-    CONFIG_FILE,
     HISTORY_FILE,
     METRICS_FILE,
     MODEL_SPEC_FILE,
@@ -148,7 +147,6 @@ def fit_member(cfg: TrainConfig, train: Dataset, val: Dataset, out: Path, backbo
     seed = cfg.seed if seed is None else seed
     if is_complete_run(out):
         return json.loads((out / METRICS_FILE).read_text())
-    write_json(out / CONFIG_FILE, {**cfg.to_json(), "backbone": backbone, "seed": seed})
     strategy = make_strategy(cfg.multi_worker)  # first: multi-worker set-up must precede other TF work
     keras.utils.set_random_seed(seed)
     gpus = tf.config.list_physical_devices("GPU")

@@ -1,9 +1,11 @@
-"""Fit one network into a run dir: two-stage fine-tuning (or one stage from scratch), resumable."""
+"""Fit one network into a run dir, resumably, in the order it happens (as ``MemberFit.run`` reads):
+``setup`` (strategy, seed, precision, spec, datasets, network), ``train`` (the stages: two-stage
+fine-tuning or one stage from scratch, then optional polish epochs, within the time budget), ``finish``
+(the prior correction, then the run dir's files, see ``train/runs.py``)."""
 
 from __future__ import annotations
 
 import functools
-import json
 import sys
 import time
 from dataclasses import dataclass
@@ -13,26 +15,86 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from submission.model import IMAGE_SHAPE, TTAEnsemble, build_network, network_input_size, save_weights
-from train.atomic import atomic_output, write_json, write_weights
+from submission.model import IMAGE_SHAPE, network_input_size
 from train.backbones import build_pretrained_network, set_backbone_trainable, set_head_l2
+from train.callbacks import PersistentCheckpoint, TimeBudget
 from train.config import TrainConfig
 from train.data import Dataset
 from train.keras_internals import AtomicBackupAndRestore
-from train.metrics import score
 from train.pipeline import evaluation_dataset, prior_logit_offsets, training_dataset
-from train.plots import plot_confusion, plot_curves
-from train.runs import (
-    HISTORY_FILE,
-    METRICS_FILE,
-    MODEL_SPEC_FILE,
-    VAL_PREDICTIONS_FILE,
-    WEIGHTS_FILE,
-    MemberResult,
-    is_complete_run,
-    read_val_probs,
-    write_ensemble,
-)
+from train.runs import HISTORY_FILE, finish_run, finish_snapshot_run, is_complete_run, read_metrics
+
+
+def fit_member(cfg: TrainConfig, train: Dataset, val: Dataset, out: Path, backbone: str | None = None,
+               seed: int | None = None) -> dict:
+    """Train one network into ``out`` and return its validation metrics. Re-running resumes."""
+    out.mkdir(parents=True, exist_ok=True)
+    if is_complete_run(out):
+        return read_metrics(out)
+    return MemberFit(cfg, train, val, out, backbone or cfg.backbone, cfg.seed if seed is None else seed).run()
+
+
+class MemberFit:
+    """The training of one network into ``out``; ``run`` is the recipe."""
+
+    def __init__(self, cfg: TrainConfig, train: Dataset, val: Dataset, out: Path, backbone: str, seed: int):
+        self.cfg, self.train_data, self.val_data, self.out = cfg, train, val, out
+        self.backbone, self.seed = backbone, seed
+        self._batches: dict[str, tuple[tf.data.Dataset, int]] = {}
+
+    def run(self) -> dict:
+        self.setup()
+        snapshots, seconds = self.train()
+        return self.finish(snapshots, seconds)
+
+    def setup(self) -> None:
+        """Devices and numerics first, then the spec, the validation batches and the network."""
+        cfg = self.cfg
+        self.strategy = make_strategy(cfg.multi_worker)  # first: multi-worker set-up must precede other TF work
+        keras.utils.set_random_seed(self.seed)
+        set_precision(cfg.mixed_precision)
+        self.batch_size = cfg.batch_size * self.strategy.num_replicas_in_sync
+        self.spec = cfg.model_spec(self.backbone)
+        self.size = training_input_size(self.spec)
+        self.val_ds = evaluation_dataset(self.val_data.images, self.val_data.labels, self.batch_size, self.size)
+        with self.strategy.scope():
+            self.model = build_pretrained_network(self.spec, cfg.weights, cfg.l2, input_size=self.size)
+
+    def train_batches(self, augment: str) -> tuple[tf.data.Dataset, int]:
+        """Augmented training batches for one preset (stages with the same preset share them)."""
+        if augment not in self._batches:
+            data = self.train_data
+            self._batches[augment] = training_dataset(data.images, data.labels, self.batch_size, augment,
+                                                      self.cfg.balance, self.seed, self.size)
+        return self._batches[augment]
+
+    def train(self) -> tuple[dict[str, list], float]:
+        """Run every stage; returns the snapshots to ship (empty: the final weights alone) and the seconds."""
+        cfg = self.cfg
+        stages = plan_stages(cfg)
+        deadlines = StageDeadlines(cfg.time_budget_minutes)
+        class_weight = class_weight_for(self.train_data.labels) if cfg.class_weights else None
+        wall_start = time.time()
+        snapshots: dict[str, list] = {}
+        for k, stage in enumerate(stages):
+            if stage.name == "polish" and cfg.snapshot_ensemble:
+                snapshots["unpolished"] = self.model.get_weights()  # the previous stage's best epoch
+            run_stage(self.model, stage, cfg, self.strategy, *self.train_batches(stage.augment), self.val_ds,
+                      self.out, class_weight, deadlines.next(stages[k:]))
+        if snapshots:
+            snapshots["polished"] = self.model.get_weights()
+        return snapshots, time.time() - wall_start
+
+    def finish(self, snapshots: dict[str, list], seconds: float) -> dict:
+        """Back to float32, add the prior correction to the spec, write the run dir (or one per snapshot)."""
+        keras.mixed_precision.set_global_policy("float32")
+        spec = self.spec
+        if self.cfg.corrects_prior:
+            spec = {**spec, "logit_offsets": prior_logit_offsets(self.train_data.labels)}
+        if not snapshots:
+            return finish_run(self.model, spec, self.val_data, self.out, train_seconds=seconds)
+        return finish_snapshot_run(self.model, snapshots, spec, self.val_data, self.out, train_seconds=seconds,
+                                   seed=self.seed)
 
 
 @dataclass
@@ -75,45 +137,28 @@ def make_strategy(multi_worker: bool) -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
-class PersistentCheckpoint(keras.callbacks.Callback):
-    """Keep the weights of the epoch with the best validation accuracy. The best score lives in a side
-    file, so a resumed run keeps it; both are replaced atomically."""
-
-    def __init__(self, filepath: Path):
-        super().__init__()
-        self.filepath = Path(filepath)
-        self.best_file = Path(str(filepath) + ".best.json")
-        self.best = -np.inf
-        if self.best_file.exists() and self.filepath.exists():
-            self.best = json.loads(self.best_file.read_text())["best"]
-
-    def on_epoch_end(self, epoch, logs=None):
-        score = (logs or {}).get("val_accuracy")
-        if score is None or score <= self.best:
-            return
-        write_weights(self.model, self.filepath)
-        self.best = float(score)
-        write_json(self.best_file, {"best": self.best, "epoch": epoch + 1})
+def set_precision(mixed_precision: bool | None) -> None:
+    """mixed_float16 when asked for, or by default when there is a GPU."""
+    if mixed_precision if mixed_precision is not None else bool(tf.config.list_physical_devices("GPU")):
+        keras.mixed_precision.set_global_policy("mixed_float16")
 
 
-class TimeBudget(keras.callbacks.Callback):
-    """Stop before an epoch that would end after ``deadline`` (time.monotonic seconds)."""
+class StageDeadlines:
+    """A time budget (minutes; 0: none) shared among the stages still to run, by their epochs."""
 
-    def __init__(self, deadline: float):
-        super().__init__()
-        self.deadline = deadline
-        self.epoch_start = time.monotonic()
+    def __init__(self, minutes: float):
+        self.end = time.monotonic() + minutes * 60 if minutes else None
 
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch_start = time.monotonic()
-
-    def on_epoch_end(self, epoch, logs=None):
+    def next(self, remaining: list[Stage]) -> float | None:
+        """The ``time.monotonic`` deadline of ``remaining[0]``, or None without a budget."""
+        if self.end is None:
+            return None
         now = time.monotonic()
-        if now + (now - self.epoch_start) > self.deadline:
-            self.model.stop_training = True
+        return now + (self.end - now) * remaining[0].epochs / sum(s.epochs for s in remaining)
 
 
 def compile_for(model: keras.Model, stage: Stage, cfg: TrainConfig, steps: int) -> None:
+    """AdamW on a cosine schedule (with linear warm-up from a tenth of the rate), label smoothing."""
     total = max(1, stage.epochs * steps)
     warmup = min(total // 2, stage.warmup_epochs * steps)
     schedule = keras.optimizers.schedules.CosineDecay(
@@ -132,6 +177,7 @@ def compile_for(model: keras.Model, stage: Stage, cfg: TrainConfig, steps: int) 
 
 
 def class_weight_for(labels: np.ndarray) -> dict[int, float]:
+    """Inverse-frequency loss weights per class (``--class-weights``)."""
     from sklearn.utils.class_weight import compute_class_weight
 
     classes = np.unique(labels)
@@ -139,56 +185,10 @@ def class_weight_for(labels: np.ndarray) -> dict[int, float]:
     return {int(c): float(w) for c, w in zip(classes, weights)}
 
 
-def fit_member(cfg: TrainConfig, train: Dataset, val: Dataset, out: Path, backbone: str | None = None,
-               seed: int | None = None) -> dict:
-    """Train one network into ``out`` and return its validation metrics. Re-running resumes."""
-    out.mkdir(parents=True, exist_ok=True)
-    backbone = backbone or cfg.backbone
-    seed = cfg.seed if seed is None else seed
-    if is_complete_run(out):
-        return json.loads((out / METRICS_FILE).read_text())
-    strategy = make_strategy(cfg.multi_worker)  # first: multi-worker set-up must precede other TF work
-    keras.utils.set_random_seed(seed)
-    gpus = tf.config.list_physical_devices("GPU")
-    if cfg.mixed_precision if cfg.mixed_precision is not None else bool(gpus):
-        keras.mixed_precision.set_global_policy("mixed_float16")
-    batch_size = cfg.batch_size * strategy.num_replicas_in_sync
-    spec = cfg.model_spec(backbone)
-    size = training_input_size(spec)
-
-    @functools.cache
-    def train_batches(augment: str) -> tuple[tf.data.Dataset, int]:
-        return training_dataset(train.images, train.labels, batch_size, augment, cfg.balance, seed, size)
-
-    val_ds = evaluation_dataset(val.images, val.labels, batch_size, size)
-    with strategy.scope():
-        model = build_pretrained_network(spec, cfg.weights, cfg.l2, input_size=size)
-    stages = plan_stages(cfg)
-    started = time.monotonic()
-    wall_start = time.time()
-    unpolished = None
-    for k, stage in enumerate(stages):
-        if stage.name == "polish" and cfg.snapshot_ensemble:
-            unpolished = model.get_weights()  # the previous stage's best epoch
-        deadline = None
-        if cfg.time_budget_minutes:
-            # Share what is left of the budget among the remaining stages, by epochs.
-            left = started + cfg.time_budget_minutes * 60 - time.monotonic()
-            deadline = time.monotonic() + left * stage.epochs / sum(s.epochs for s in stages[k:])
-        run_stage(model, stage, cfg, strategy, *train_batches(stage.augment), val_ds, out,
-                  class_weight_for(train.labels) if cfg.class_weights else None, deadline)
-    keras.mixed_precision.set_global_policy("float32")
-    if cfg.corrects_prior:
-        spec = {**spec, "logit_offsets": prior_logit_offsets(train.labels)}
-    seconds = time.time() - wall_start
-    if unpolished is None:
-        return finish_run(model, spec, val, out, train_seconds=seconds)
-    snapshots = {"unpolished": unpolished, "polished": model.get_weights()}
-    return finish_snapshot_run(model, snapshots, spec, val, out, train_seconds=seconds, seed=seed)
-
-
 def run_stage(model, stage: Stage, cfg: TrainConfig, strategy, train_ds, steps: int, val_ds, out: Path,
               class_weight: dict | None, deadline: float | None = None) -> None:
+    """One ``model.fit`` with its backup, history, checkpoint and stopping callbacks; ends on the stage's
+    best epoch. A stage marked done is only reloaded."""
     best = out / f".{stage.name}.best.weights.h5"
     done = out / f".{stage.name}.done"
     if done.exists() and best.exists():
@@ -220,44 +220,3 @@ def training_input_size(spec: dict) -> int | None:
     augmentation, same weights); None (the 96 px input) otherwise."""
     size = network_input_size(spec)
     return size if size < IMAGE_SHAPE[0] else None
-
-
-def finish_run(trained: keras.Model, spec: dict, val: Dataset, out: Path, train_seconds: float) -> dict:
-    """Write metrics and plots, then the weights and model spec last (their presence marks completion)."""
-    out.mkdir(parents=True, exist_ok=True)
-    model = build_network(spec)  # the shipping network (96 px input), with the trained weights
-    model.set_weights(trained.get_weights())
-    metrics = write_validation(TTAEnsemble([model]).predict_proba(val.images), val, out, train_seconds,
-                               spec["backbone"])
-    with atomic_output(out / WEIGHTS_FILE) as tmp:
-        save_weights(model, str(tmp))
-    write_json(out / MODEL_SPEC_FILE, {**spec, "format": "bcsub-weights-v1",
-                                        "keras_version": keras.__version__})
-    return metrics
-
-
-def finish_snapshot_run(trained: keras.Model, snapshots: dict[str, list], spec: dict, val: Dataset, out: Path,
-                        train_seconds: float, seed: int) -> dict:
-    """A snapshot ensemble: one complete run per set of weights in a sub-folder, the metrics of their
-    average here, and ``ensemble.json`` last (it marks completion; ``bcsub package`` reads it)."""
-    members = []
-    for name, weights in snapshots.items():
-        trained.set_weights(weights)
-        members.append(MemberResult(name, spec["backbone"], seed, finish_run(trained, spec, val, out / name,
-                                                                            train_seconds)))
-    probs = np.mean([read_val_probs(out / name) for name in snapshots], axis=0)
-    metrics = write_validation(probs, val, out, train_seconds, f"{spec['backbone']} snapshot ensemble")
-    write_ensemble(out, members)
-    return metrics
-
-
-def write_validation(probs: np.ndarray, val: Dataset, out: Path, train_seconds: float, title: str) -> dict:
-    """Metrics, validation predictions, confusion matrix and learning curves of a finished run."""
-    metrics = {**score(val.labels, probs.argmax(axis=1)), "train_seconds": train_seconds}
-    write_json(out / METRICS_FILE, metrics)
-    with atomic_output(out / VAL_PREDICTIONS_FILE) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, probs=probs, labels=val.labels)
-    plot_confusion(metrics["confusion"], out / "confusion.png", f"{title} validation: acc {metrics['accuracy']:.3f}")
-    if (out / HISTORY_FILE).exists():
-        plot_curves(out / HISTORY_FILE, out / "curves.png")
-    return metrics

@@ -1,4 +1,5 @@
-"""Run dirs: what a finished run holds, and how packaging finds the members in one."""
+"""Run dirs: the files a finished run holds (``finish_run`` writes them, the ones that mark completion
+last), how to tell a finished run, and how packaging finds the members in one."""
 
 from __future__ import annotations
 
@@ -6,10 +7,15 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import keras
 import numpy as np
 
-from train.atomic import write_json
+from submission.model import WEIGHTS_FORMAT, TTAEnsemble, build_network, save_weights
+from train.atomic import atomic_output, write_json
+from train.data import Dataset
 from train.errors import BcsubError
+from train.metrics import score
+from train.plots import plot_confusion, plot_curves
 
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.csv"
@@ -30,6 +36,11 @@ def is_complete_run(path: Path) -> bool:
     if (path / ENSEMBLE_FILE).is_file() and (path / METRICS_FILE).is_file():
         return True
     return all((path / name).is_file() for name in (MODEL_SPEC_FILE, WEIGHTS_FILE, METRICS_FILE))
+
+
+def read_metrics(run_dir: Path) -> dict:
+    """The validation metrics a finished run saved."""
+    return json.loads((run_dir / METRICS_FILE).read_text())
 
 
 def read_val_probs(run_dir: Path) -> np.ndarray:
@@ -59,6 +70,46 @@ def write_ensemble(out: Path, results: list[MemberResult], oof_metrics: dict | N
         summary["oof_metrics"] = oof_metrics
         write_json(out / METRICS_FILE, oof_metrics)
     write_json(out / ENSEMBLE_FILE, summary)
+
+
+def finish_run(trained: keras.Model, spec: dict, val: Dataset, out: Path, train_seconds: float) -> dict:
+    """Write metrics and plots, then the weights and model spec last (their presence marks completion)."""
+    out.mkdir(parents=True, exist_ok=True)
+    model = build_network(spec)  # the shipping network (96 px input), with the trained weights
+    model.set_weights(trained.get_weights())
+    metrics = write_validation(TTAEnsemble([model]).predict_proba(val.images), val, out, train_seconds,
+                               spec["backbone"])
+    with atomic_output(out / WEIGHTS_FILE) as tmp:
+        save_weights(model, str(tmp))
+    write_json(out / MODEL_SPEC_FILE, {**spec, "format": WEIGHTS_FORMAT, "keras_version": keras.__version__})
+    return metrics
+
+
+def finish_snapshot_run(trained: keras.Model, snapshots: dict[str, list], spec: dict, val: Dataset, out: Path,
+                        train_seconds: float, seed: int) -> dict:
+    """A snapshot ensemble: one complete run per set of weights in a sub-folder, the metrics of their
+    average here, and ``ensemble.json`` last (it marks completion; ``bcsub package`` reads it)."""
+    members = []
+    for name, weights in snapshots.items():
+        trained.set_weights(weights)
+        members.append(MemberResult(name, spec["backbone"], seed, finish_run(trained, spec, val, out / name,
+                                                                            train_seconds)))
+    probs = np.mean([read_val_probs(out / name) for name in snapshots], axis=0)
+    metrics = write_validation(probs, val, out, train_seconds, f"{spec['backbone']} snapshot ensemble")
+    write_ensemble(out, members)
+    return metrics
+
+
+def write_validation(probs: np.ndarray, val: Dataset, out: Path, train_seconds: float, title: str) -> dict:
+    """Metrics, validation predictions, confusion matrix and learning curves of a finished run."""
+    metrics = {**score(val.labels, probs.argmax(axis=1)), "train_seconds": train_seconds}
+    write_json(out / METRICS_FILE, metrics)
+    with atomic_output(out / VAL_PREDICTIONS_FILE) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, probs=probs, labels=val.labels)
+    plot_confusion(metrics["confusion"], out / "confusion.png", f"{title} validation: acc {metrics['accuracy']:.3f}")
+    if (out / HISTORY_FILE).exists():
+        plot_curves(out / HISTORY_FILE, out / "curves.png")
+    return metrics
 
 
 @dataclass(frozen=True)
@@ -93,5 +144,4 @@ def find_members(run_dir: str | Path) -> list[Member]:
     spec = json.loads((path / MODEL_SPEC_FILE).read_text())
     if "preprocessing" not in spec and spec.get("backbone") in LEGACY_PREPROCESSING:
         spec["preprocessing"] = LEGACY_PREPROCESSING[spec["backbone"]]
-    metrics = json.loads((path / METRICS_FILE).read_text())
-    return [Member(path, spec, float(metrics.get("accuracy", 0.0)))]
+    return [Member(path, spec, float(read_metrics(path).get("accuracy", 0.0)))]

@@ -1,4 +1,6 @@
-"""Build the CodaBench zip: the shipping runtime, member weights, the TTA choice; then validate it."""
+"""`bcsub package`: the CodaBench zip, step by step (as ``package`` reads): find and load the members,
+choose the TTA views, fit them to the time limit, stage and zip a draft, validate it in a fresh
+process, publish it."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import numpy as np
 
 import submission.model as runtime
 from tools.harness import safe_extract
-from tools.tta_select import CANDIDATE_VIEW_SETS, TTAChoice, choose_tta
+from tools.tta_select import CANDIDATE_VIEW_SETS, TTAChoice, choose_tta, shifted_eval_sets
 from tools.validate import (
     CODABENCH_TIME_LIMIT_S,
     PROJECTED_IMAGES,
@@ -58,6 +60,49 @@ class PackageReport:
     validation: ValidationReport
     compat: ValidationReport | None = None
     notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TTAPlan:
+    """The views and member weights to ship, the selection behind them (--tta auto) and notes."""
+
+    views: tuple[str, ...]
+    weights: list[float]
+    choice: TTAChoice | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def package(options: PackageOptions, progress=print) -> PackageReport:
+    """Build, validate (and optionally check under the server's versions), then publish the zip."""
+    members = find_run_members(options.run_dirs)
+    out = output_zip(options.out)
+    progress(f"loading {len(members)} member(s)")
+    models = load_models(members)
+    data = validation_data(members, options.val, options.seed)
+    tta = plan_tta(models, data, options, progress)
+    probe = probe_images(data, options.seed)
+    tta, expected = fit_time_limit(tta, models, probe, options.batch_size)
+    with tempfile.TemporaryDirectory(prefix="bcsub_pkg_") as tmp:
+        draft = write_draft(Path(tmp), members, tta, options.batch_size)
+        progress("validating the zip in a fresh process")
+        validation, compat = check_draft(draft, probe, expected, options.check_env)
+        publish(draft, out)
+    return PackageReport(out, members, tta.choice, tta.views, validation, compat, tta.notes)
+
+
+def find_run_members(run_dirs: list[str]) -> list[Member]:
+    """Every member of the run dirs, checked to fit this challenge."""
+    members = [m for run_dir in run_dirs for m in find_members(run_dir)]
+    check_members(members)
+    return members
+
+
+def output_zip(out: str) -> Path:
+    """The --out path, which must name a .zip file."""
+    path = Path(out)
+    if path.suffix != ".zip":
+        raise BcsubError(f"--out {path}: must end in .zip")
+    return path
 
 
 def check_members(members: list[Member]) -> None:
@@ -107,19 +152,6 @@ def validation_data(members: list[Member], val: str | None, seed: int) -> Datase
     return stratified_subsample(data, MAX_EVAL_IMAGES, seed) if len(data) > MAX_EVAL_IMAGES else data
 
 
-def shifted_eval_sets(data: Dataset, seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Clean validation data plus a few shifted copies from the local-score suite."""
-    from tools.shift.suite import apply_variant, make_variant
-
-    sets = {"clean": (data.images, data.labels)}
-    for suite, kind, severity in (("an2dl", "an2dl", 2), ("corruptions", "defocus_blur", 3),
-                                  ("corruptions", "contrast_down", 3), ("corruptions", "saturate", 3),
-                                  ("corruptions", "stain_deposit", 3)):
-        variant = make_variant(suite, kind, severity)
-        sets[variant.name] = (apply_variant(data.images, variant, seed), data.labels)
-    return sets
-
-
 def resolve_views(tta: str) -> tuple[str, ...] | None:
     """None for 'auto'; else the views named by a count, a candidate set name or a comma list."""
     if tta == "auto":
@@ -134,11 +166,76 @@ def resolve_views(tta: str) -> tuple[str, ...] | None:
         raise BcsubError(f"--tta {tta}: {err}; use auto, 1..8, or view names") from None
 
 
-def write_zip(staging: Path, out: Path) -> Path:
-    """Zip the staged files flat (the draft lives in a temporary folder; publishing is atomic)."""
-    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for file in sorted(staging.iterdir()):
-            archive.write(file, arcname=file.name)
+def plan_tta(models: list, data: Dataset | None, options: PackageOptions, progress=print) -> TTAPlan:
+    """The views named by --tta; for 'auto', the views and member weights scored best on the validation
+    data and shifted copies of it (the 8 dihedral views, uniform, without validation data)."""
+    uniform = [1.0 / len(models)] * len(models)
+    views = resolve_views(options.tta)
+    if views is not None:
+        return TTAPlan(views, uniform)
+    if data is None:
+        return TTAPlan(runtime.DIHEDRAL_VIEWS, uniform,
+                       notes=["no validation data found (pass --val): using the 8 dihedral TTA views"])
+    progress(f"choosing TTA views and member weights on {len(data)} validation images + shifts")
+    choice = choose_tta(models, shifted_eval_sets(data, options.seed), options.batch_size)
+    return TTAPlan(choice.views, choice.member_weights, choice)
+
+
+def fit_time_limit(tta: TTAPlan, models: list, probe: np.ndarray, batch_size: int) -> tuple[TTAPlan, np.ndarray]:
+    """Time the plan on the probe images; an auto choice projected over ``TIME_SHARE`` of the limit for
+    10,000 images is re-chosen with fewer views. Returns the plan and its in-process labels of the probe."""
+    expected, seconds_per_image = timed_predict(models, tta.weights, tta.views, batch_size, probe)
+    budget = TIME_SHARE * CODABENCH_TIME_LIMIT_S
+    if tta.choice is None or seconds_per_image * PROJECTED_IMAGES <= budget:
+        return tta, expected
+    max_views = max(1, int(len(tta.views) * budget / (seconds_per_image * PROJECTED_IMAGES)))
+    choice = tta.choice.limited_to(max_views)
+    note = f"TTA limited to {len(choice.views)} views to stay well inside the {CODABENCH_TIME_LIMIT_S} s limit"
+    limited = TTAPlan(choice.views, choice.member_weights, choice, [*tta.notes, note])
+    expected, _ = timed_predict(models, limited.weights, limited.views, batch_size, probe)
+    return limited, expected
+
+
+def probe_images(data: Dataset | None, seed: int) -> np.ndarray:
+    """Images for the fresh-process check: validation images, or random pixels."""
+    rng = np.random.default_rng(seed)
+    if data is not None and len(data):
+        return data.images[rng.integers(0, len(data), PROBE_IMAGES)]
+    return rng.integers(0, 256, (PROBE_IMAGES, *runtime.IMAGE_SHAPE), dtype=np.uint8)
+
+
+def timed_predict(models: list, weights: list[float], views: tuple[str, ...], batch_size: int,
+                  probe: np.ndarray) -> tuple[np.ndarray, float]:
+    """In-process labels for ``probe`` and the seconds per image they took (after a warm-up)."""
+    ensemble = runtime.TTAEnsemble(models, weights, views, batch_size)
+    ensemble.predict(probe[:8])
+    start = time.perf_counter()
+    labels = ensemble.predict(probe)
+    return labels, (time.perf_counter() - start) / len(probe)
+
+
+def write_draft(folder: Path, members: list[Member], tta: TTAPlan, batch_size: int) -> Path:
+    """Stage the zip's files in ``folder`` and zip them there (the draft is published only once valid)."""
+    staging = folder / "staging"
+    staging.mkdir()
+    stage_files(staging, members, tta.views, tta.weights, batch_size, tta.choice)
+    return write_zip(staging, folder / "submission.zip")
+
+
+def check_draft(draft: Path, probe: np.ndarray, expected: np.ndarray,
+                check_env: bool) -> tuple[ValidationReport, ValidationReport | None]:
+    """Every check of the draft zip; the first failure stops packaging."""
+    validation, compat = validate_zip(draft, probe, expected, check_env=check_env)
+    failed = first_failure(validation, compat)
+    if failed:
+        raise BcsubError(f"the packaged submission failed the check '{failed.name}': {failed.detail}")
+    return validation, compat
+
+
+def publish(draft: Path, out: Path) -> Path:
+    """Copy the validated draft to ``out`` atomically."""
+    with atomic_output(out) as final:
+        shutil.copyfile(draft, final)
     return out
 
 
@@ -161,68 +258,12 @@ def stage_files(staging: Path, members: list[Member], views: tuple[str, ...], we
     (staging / runtime.MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
 
 
-def probe_images(data: Dataset | None, seed: int) -> np.ndarray:
-    """Images for the fresh-process check: validation images, or random pixels."""
-    rng = np.random.default_rng(seed)
-    if data is not None and len(data):
-        return data.images[rng.integers(0, len(data), PROBE_IMAGES)]
-    return rng.integers(0, 256, (PROBE_IMAGES, *runtime.IMAGE_SHAPE), dtype=np.uint8)
-
-
-def timed_predict(models: list, weights: list[float], views: tuple[str, ...], batch_size: int,
-                  probe: np.ndarray) -> tuple[np.ndarray, float]:
-    """In-process labels for ``probe`` and the seconds per image they took (after a warm-up)."""
-    ensemble = runtime.TTAEnsemble(models, weights, views, batch_size)
-    ensemble.predict(probe[:8])
-    start = time.perf_counter()
-    labels = ensemble.predict(probe)
-    return labels, (time.perf_counter() - start) / len(probe)
-
-
-def package(options: PackageOptions, progress=print) -> PackageReport:
-    """Build, validate (and optionally check under the server's versions), then publish the zip."""
-    members = [m for run_dir in options.run_dirs for m in find_members(run_dir)]
-    check_members(members)
-    out = Path(options.out)
-    if out.suffix != ".zip":
-        raise BcsubError(f"--out {out}: must end in .zip")
-    progress(f"loading {len(members)} member(s)")
-    models = load_models(members)
-    data = validation_data(members, options.val, options.seed)
-    views = resolve_views(options.tta)
-    choice, notes = None, []
-    weights = [1.0 / len(models)] * len(models)
-    if views is None:
-        if data is None:
-            views = runtime.DIHEDRAL_VIEWS
-            notes.append("no validation data found (pass --val): using the 8 dihedral TTA views")
-        else:
-            progress(f"choosing TTA views and member weights on {len(data)} validation images + shifts")
-            choice = choose_tta(models, shifted_eval_sets(data, options.seed), options.batch_size)
-            views, weights = choice.views, choice.member_weights
-    probe = probe_images(data, options.seed)
-    expected, seconds_per_image = timed_predict(models, weights, views, options.batch_size, probe)
-    if choice is not None and seconds_per_image * PROJECTED_IMAGES > TIME_SHARE * CODABENCH_TIME_LIMIT_S:
-        max_views = max(1, int(len(views) * TIME_SHARE * CODABENCH_TIME_LIMIT_S
-                               / (seconds_per_image * PROJECTED_IMAGES)))
-        choice = choice.limited_to(max_views)
-        views, weights = choice.views, choice.member_weights
-        notes.append(f"TTA limited to {len(views)} views to stay well inside the {CODABENCH_TIME_LIMIT_S} s limit")
-        expected, seconds_per_image = timed_predict(models, weights, views, options.batch_size, probe)
-    with tempfile.TemporaryDirectory(prefix="bcsub_pkg_") as tmp:
-        staging = Path(tmp) / "staging"
-        staging.mkdir()
-        stage_files(staging, members, views, weights, options.batch_size, choice)
-        draft = Path(tmp) / "submission.zip"
-        write_zip(staging, draft)
-        progress("validating the zip in a fresh process")
-        validation, compat = validate_zip(draft, probe, expected, check_env=options.check_env)
-        failed = first_failure(validation, compat)
-        if failed:
-            raise BcsubError(f"the packaged submission failed the check '{failed.name}': {failed.detail}")
-        with atomic_output(out) as final:
-            shutil.copyfile(draft, final)
-    return PackageReport(out, members, choice, views, validation, compat, notes)
+def write_zip(staging: Path, out: Path) -> Path:
+    """Zip the staged files flat (the draft lives in a temporary folder; publishing is atomic)."""
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for file in sorted(staging.iterdir()):
+            archive.write(file, arcname=file.name)
+    return out
 
 
 def validate_zip(zip_path: Path, probe: np.ndarray, expected: np.ndarray | None = None,

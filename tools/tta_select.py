@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from submission.model import DIHEDRAL_VIEWS, TTAEnsemble, views_in
+from tools.shift.suite import apply_variant, make_variant
+from train.data import Dataset
 
 PHOTOMETRIC_VIEWS = views_in("photometric")
 CANDIDATE_VIEW_SETS: dict[str, tuple[str, ...]] = {
@@ -16,6 +18,9 @@ CANDIDATE_VIEW_SETS: dict[str, tuple[str, ...]] = {
     "dihedral8": DIHEDRAL_VIEWS,
     "dihedral8+photo": DIHEDRAL_VIEWS + PHOTOMETRIC_VIEWS,
 }
+# The shifted copies of the validation data TTA is also scored on: (suite, kind, level) of tools/shift.
+EVAL_SHIFTS = (("an2dl", "an2dl", 2), ("corruptions", "defocus_blur", 3), ("corruptions", "contrast_down", 3),
+               ("corruptions", "saturate", 3), ("corruptions", "stain_deposit", 3))
 # Score differences smaller than this are noise on a few hundred validation images: among candidates
 # within it of the best, the one with the most views wins (averaging more views of a cell with no
 # natural orientation rarely hurts; the time cap in `package` limits the cost).
@@ -78,3 +83,12 @@ def choose_tta(models: list, eval_sets: dict[str, tuple[np.ndarray, np.ndarray]]
             rows.append(row)
     best = pick_best(rows)
     return TTAChoice(CANDIDATE_VIEW_SETS[best["name"]], best["weights"], rows)
+
+
+def shifted_eval_sets(data: Dataset, seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Clean validation data plus a few shifted copies from the local-score suite."""
+    sets = {"clean": (data.images, data.labels)}
+    for suite, kind, severity in EVAL_SHIFTS:
+        variant = make_variant(suite, kind, severity)
+        sets[variant.name] = (apply_variant(data.images, variant, seed), data.labels)
+    return sets

@@ -27,7 +27,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from submission.model import build_network, load_weights, save_weights  # noqa: E402
-from train import augment  # noqa: E402
+from train import config  # noqa: E402
 from train.atomic import write_json  # noqa: E402
 from train.pipeline import training_dataset  # noqa: E402
 
@@ -38,7 +38,7 @@ CANDIDATES = ("v1", "v1+colour", "v1+geometry", "v1+degrade", "v2", "v3")
 for _name in CANDIDATES:
     if "+" in _name:
         _part = _name.split("+")[1]
-        augment.PRESETS[_name] = augment.Preset(f"v1 + {_part}", ("dihedral", _part))
+        config.AUGMENT_PRESETS[_name] = config.Preset(f"v1 + {_part}", ("dihedral", _part))
 
 
 def polish(base: Path, candidate: str, out: Path) -> None:

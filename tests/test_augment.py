@@ -13,7 +13,6 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from train.augment import (  # noqa: E402
-    PRESETS,
     FastRandAugment,
     RandomAffine,
     RandomDihedral,
@@ -21,6 +20,7 @@ from train.augment import (  # noqa: E402
     batch_mixer,
     image_augmenter,
 )
+from train.config import AUGMENT_PRESETS as PRESETS  # noqa: E402
 from train.errors import BcsubError  # noqa: E402
 
 AUGMENTED = [p for p in PRESETS if p != "none"]

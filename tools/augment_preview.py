@@ -8,7 +8,8 @@ import numpy as np
 import tensorflow as tf
 from matplotlib.figure import Figure  # the object API renders with Agg, no pyplot/backend state
 
-from train.augment import PRESETS, check_preset, image_augmenter
+from train.augment import check_preset, image_augmenter
+from train.config import AUGMENT_PRESETS
 from train.errors import BcsubError
 from train.plots import save_figure
 
@@ -47,6 +48,6 @@ def preview_grid(
             ax.set_yticks([])
             if r == 0:
                 ax.set_title("original" if c == 0 else f"view {c}", fontsize=7)
-    fig.suptitle(f"preset {preset!r}: {PRESETS[preset].doc}", fontsize=7)
+    fig.suptitle(f"preset {preset!r}: {AUGMENT_PRESETS[preset].doc}", fontsize=7)
     fig.tight_layout()
     return save_figure(fig, out_png, dpi=100, bbox_inches=None)

@@ -8,7 +8,8 @@ Images are float32 ``(b, 96, 96, 3)`` in ``[0, 255]``; every Keras layer gets
     mix = batch_mixer("hybrid", seed=0)  # 'hybrid' only; labels one-hot float32
     ds = ds.map(mix, num_parallel_calls=tf.data.AUTOTUNE)
 
-Presets: see ``PRESETS`` (each a list of ``PARTS``). Keras 3.15 quirks handled here:
+Presets are named in ``train/config.py`` (``AUGMENT_PRESETS``: which ``PARTS``, in which order). Keras 3.15
+quirks handled here:
 - ``RandomFlip("horizontal_and_vertical")`` flips both axes with ONE coin (identity or 180 degrees
   only); ``RandomDihedral`` gives all 8 flips/90-degree rotations exactly.
 - ``RandAugment`` evaluates all its ops and keeps one with ``where`` (11x the work);
@@ -27,12 +28,12 @@ from __future__ import annotations
 import functools
 import random
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from train.config import AUGMENT_PRESETS
 from train.errors import BcsubError
 from train.keras_internals import op_layer, op_names, randaugment_draws, restrict_ops
 
@@ -358,9 +359,9 @@ class SplitApply(keras.layers.Layer):
 
 def check_preset(preset: str) -> None:
     """Raise the error naming the presets when ``preset`` is not one of them."""
-    if preset not in PRESETS:
+    if preset not in AUGMENT_PRESETS:
         raise BcsubError(
-            f"unknown augmentation preset {preset!r}; use one of: {', '.join(PRESETS)}"
+            f"unknown augmentation preset {preset!r}; use one of: {', '.join(AUGMENT_PRESETS)}"
         )
 
 
@@ -421,7 +422,7 @@ def _augmix_layer(s: Iterator[int]) -> keras.layers.Layer:
     return ChunkedVariants(layer, AUGMIX_CHUNKS, seed=next(s))
 
 
-# The layer groups presets are made of: name -> builder taking the per-layer seed stream.
+# The layer groups the presets (``AUGMENT_PRESETS``) are made of: name -> builder taking the per-layer seeds.
 PARTS: dict[str, Callable[[Iterator[int]], list[keras.layers.Layer]]] = {
     "dihedral": _dihedral,
     "geometry": _geometry,
@@ -432,34 +433,11 @@ PARTS: dict[str, Callable[[Iterator[int]], list[keras.layers.Layer]]] = {
 }
 
 
-@dataclass(frozen=True)
-class Preset:
-    """An augmentation recipe: ``parts`` (``PARTS`` names, applied per image in order) and ``mix``
-    (CutMix or MixUp per batch)."""
-
-    doc: str
-    parts: tuple[str, ...]
-    mix: bool = False
-
-
-# Every preset `--augment` accepts; adding one is one line here.
-PRESETS: dict[str, Preset] = {
-    "none": Preset("no augmentation", ()),
-    "v1": Preset("random dihedral (h/v flips + transpose: all 8 flips/90-degree rotations)", ("dihedral",)),
-    "v2": Preset("v1 + rotation/zoom/shift (reflect) + colour & stain jitter + exposure + blur + noise + JPEG",
-                 ("dihedral", "geometry", "colour", "degrade")),
-    "v3": Preset("v2 + RandAugment", ("dihedral", "geometry", "randaugment", "colour", "degrade")),
-    "hybrid": Preset("v1 + rotation/zoom/shift + AugMix (1/4 of each batch) or RandAugment (3/4) "
-                     "+ v2 colour, exposure, blur, noise, JPEG; CutMix or MixUp per batch",
-                     ("dihedral", "geometry", "augmix_or_randaugment", "colour", "degrade"), mix=True),
-}
-
-
 def preset_layers(preset: str, seed: int) -> list[keras.layers.Layer]:
     """The per-image layers of ``preset``, each with its own seed drawn from ``seed``."""
     check_preset(preset)
     s = _seeds(seed)
-    return [layer for part in PRESETS[preset].parts for layer in PARTS[part](s)]
+    return [layer for part in AUGMENT_PRESETS[preset].parts for layer in PARTS[part](s)]
 
 
 def image_augmenter(preset: str, seed: int = 0) -> Callable[[tf.Tensor], tf.Tensor] | None:
@@ -504,7 +482,7 @@ def batch_mixer(
     sum to 1). Apply after batching (and after ``image_augmenter``).
     """
     check_preset(preset)
-    if not PRESETS[preset].mix:
+    if not AUGMENT_PRESETS[preset].mix:
         return None
     s = _seeds(seed + 7919)
     cutmix = keras.layers.CutMix(factor=CUTMIX_FACTOR, seed=next(s))

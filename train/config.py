@@ -1,4 +1,6 @@
-"""The typed training configuration that flows from the CLI into training and packaging."""
+"""The typed training configuration that flows from the CLI into training and packaging, and the named
+recipes: training presets (``PRESETS``) and augmentation presets (``AUGMENT_PRESETS``). Plain data: it
+loads no TensorFlow, so the CLI can build its options from it at once."""
 
 from __future__ import annotations
 
@@ -6,9 +8,31 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from submission.model import BACKBONES, NUM_CLASSES
-from train.augment import PRESETS as AUGMENT_PRESETS
 from train.errors import BcsubError
+
+
+@dataclass(frozen=True)
+class Preset:
+    """An augmentation recipe: ``parts`` (``train.augment.PARTS`` names, applied per image in order) and
+    ``mix`` (CutMix or MixUp per batch)."""
+
+    doc: str
+    parts: tuple[str, ...]
+    mix: bool = False
+
+
+# Every augmentation preset `--augment` accepts (parts: see train/augment.py); adding one is one line here.
+AUGMENT_PRESETS: dict[str, Preset] = {
+    "none": Preset("no augmentation", ()),
+    "v1": Preset("random dihedral (h/v flips + transpose: all 8 flips/90-degree rotations)", ("dihedral",)),
+    "v2": Preset("v1 + rotation/zoom/shift (reflect) + colour & stain jitter + exposure + blur + noise + JPEG",
+                 ("dihedral", "geometry", "colour", "degrade")),
+    "v3": Preset("v2 + RandAugment", ("dihedral", "geometry", "randaugment", "colour", "degrade")),
+    "hybrid": Preset("v1 + rotation/zoom/shift + AugMix (1/4 of each batch) or RandAugment (3/4) "
+                     "+ v2 colour, exposure, blur, noise, JPEG; CutMix or MixUp per batch",
+                     ("dihedral", "geometry", "augmix_or_randaugment", "colour", "degrade"), mix=True),
+}
+
 
 # Named starting points; explicit CLI options override them.
 PRESETS: dict[str, dict] = {
@@ -70,6 +94,8 @@ class TrainConfig:
     backbones: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        from submission.model import BACKBONES  # here, not at the top: loading it loads TensorFlow
+
         self.backbones = list(self.backbones) or [b.strip() for b in self.backbone.split(",")]
         self.backbone = self.backbones[0]
         for name in self.backbones:
@@ -109,6 +135,8 @@ class TrainConfig:
 
     def model_spec(self, backbone: str | None = None) -> dict:
         """What ``submission.model.build_network`` needs to rebuild the network."""
+        from submission.model import BACKBONES, NUM_CLASSES
+
         name = backbone or self.backbone
         return {
             "backbone": name,

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
+import typing
+from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Annotated
 
@@ -11,6 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import typer  # noqa: E402
 
+from train.config import AUGMENT_PRESETS, TrainConfig  # noqa: E402  (plain data: no TensorFlow yet)
 from train.errors import BcsubError  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -24,54 +28,12 @@ def _split_csv(value: str, cast=str) -> tuple:
         raise BcsubError(f"cannot read '{value}' as a comma-separated list") from None
 
 
-@app.command()
-def train(
-    data: Annotated[Path, typer.Option(help="Training data: AN2DL/PBC96 npz or a class-folder tree")],
-    out: Annotated[Path, typer.Option(help="Run dir to write (re-running the same command resumes)")],
-    val: Annotated[Path | None, typer.Option(help="Validation npz; default: a stratified hold-out")] = None,
-    preset: Annotated[str | None, typer.Option(help="demo | cpu | gpu: a recipe; options below override it")] = None,
-    backbone: Annotated[str | None, typer.Option(help="Backbone name, or a comma list for an ensemble")] = None,
-    weights: Annotated[str | None, typer.Option(help="imagenet | none | PATH to a no-top weights file")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Epochs (stage 1, or the only stage from scratch)")] = None,
-    fine_tune_epochs: Annotated[int | None, typer.Option(help="Stage-2 epochs (pretrained only)")] = None,
-    fine_tune_layers: Annotated[int | None, typer.Option(help="Top backbone layers unfrozen in stage 2")] = None,
-    image_size: Annotated[int | None, typer.Option(help="Resize inside the model to this size")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Batch size per replica")] = None,
-    learning_rate: Annotated[float | None, typer.Option(help="Peak learning rate (stage 1)")] = None,
-    augment: Annotated[str | None, typer.Option(help="none | v1 | v2 | v3 | hybrid")] = None,
-    balance: Annotated[int | None, typer.Option(help="Oversample every class to N images per epoch")] = None,
-    class_weights: Annotated[bool | None, typer.Option(help="Weight the loss by inverse class frequency")] = None,
-    prior_correction: Annotated[bool | None, typer.Option(
-        help="After --balance/--class-weights, shift the logits back to the training class mix")] = None,
-    polish_epochs: Annotated[int | None, typer.Option(
-        help="Extra last epochs with the milder --polish-augment at a lower rate (0: off)")] = None,
-    polish_augment: Annotated[str | None, typer.Option(help="Augmentation preset of the polish epochs")] = None,
-    polish_lr_factor: Annotated[float | None, typer.Option(
-        help="Polish peak learning rate as a fraction of the previous stage's")] = None,
-    snapshot_ensemble: Annotated[bool | None, typer.Option(
-        help="With --polish-epochs, ship the weights from before them too (a 2-member ensemble)")] = None,
-    ema_momentum: Annotated[float | None, typer.Option(
-        help="Keep an exponential moving average of the weights (0: off, e.g. 0.99)")] = None,
-    members: Annotated[int | None, typer.Option(help="Ensemble members (different seeds)")] = None,
-    folds: Annotated[int | None, typer.Option(help="Stratified k-fold members (saves out-of-fold predictions)")] = None,
-    limit: Annotated[int | None, typer.Option(help="Use about N images (stratified) for quick runs")] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed")] = None,
-    patience: Annotated[int | None, typer.Option(
-        help="Early-stopping patience in epochs (0: off; the best epoch is kept anyway)")] = None,
-    time_budget: Annotated[float | None, typer.Option("--time-budget",
-                                                      help="Stop training after about this many minutes")] = None,
-    clean: Annotated[bool | None, typer.Option(help="Remove outliers and duplicates first (see inspect)")] = None,
-    multi_worker: Annotated[bool | None, typer.Option(help="MultiWorkerMirroredStrategy from TF_CONFIG")] = None,
-) -> None:
+def train(**options) -> None:
     """Train a model (or an ensemble) into a run dir."""
-    options = {k: (str(v) if isinstance(v, Path) else v) for k, v in locals().items() if k != "preset"}
-    options["time_budget_minutes"] = options.pop("time_budget")
-    options["polish_learning_rate_factor"] = options.pop("polish_lr_factor")
     from tools.display import console, per_class_table, training_table
-    from train.config import TrainConfig
     from train.trainer import run_training
 
-    cfg = TrainConfig.from_options(preset, **options)
+    cfg = TrainConfig.from_options(**{k: str(v) if isinstance(v, Path) else v for k, v in options.items()})
     console.print(f"[bold]bcsub train[/] {cfg.backbone} weights={cfg.weights} augment={cfg.augment} "
                   f"epochs={cfg.epochs} -> {cfg.out}")
     results = run_training(cfg)
@@ -79,6 +41,28 @@ def train(
     if len(results) == 1:
         console.print(per_class_table(results[0].metrics, "Validation per class"))
     console.print(f"run dir: {cfg.out}  (next: bcsub package {cfg.out} --out submission.zip)")
+
+
+def train_options() -> list[inspect.Parameter]:
+    """`bcsub train`'s options: the ``TrainConfig`` fields that carry a help text, in field order. Each
+    defaults to None (not given), so the preset, then the dataclass, fills it in."""
+    types = typing.get_type_hints(TrainConfig)
+    params = []
+    for f in fields(TrainConfig):
+        if "help" not in f.metadata:
+            continue
+        kind = Path if f.metadata["path"] else next(
+            t for t in typing.get_args(types[f.name]) or (types[f.name],) if t is not type(None))
+        flags = [f.metadata["flag"]] if "flag" in f.metadata else []  # else typer's --name (and --no-name)
+        required = f.default is MISSING
+        params.append(inspect.Parameter(
+            f.name, inspect.Parameter.KEYWORD_ONLY, default=inspect.Parameter.empty if required else None,
+            annotation=Annotated[kind if required else kind | None, typer.Option(*flags, help=f.metadata["help"])]))
+    return params
+
+
+train.__signature__ = inspect.Signature(train_options())
+app.command()(train)
 
 
 @app.command()
@@ -196,7 +180,7 @@ def local_score(
 def augment_preview(
     data: Annotated[Path, typer.Option(help="Images to show (npz or class folders)")],
     out: Annotated[Path, typer.Option(help="PNG to write")] = Path("augment_preview.png"),
-    preset: Annotated[str, typer.Option(help="none | v1 | v2 | v3 | hybrid")] = "hybrid",
+    preset: Annotated[str, typer.Option(help=" | ".join(AUGMENT_PRESETS))] = "hybrid",
     n_images: Annotated[int, typer.Option(help="Rows (images)")] = 8,
     seed: Annotated[int, typer.Option(help="Random seed")] = 0,
 ) -> None:

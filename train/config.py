@@ -5,7 +5,7 @@ loads no TensorFlow, so the CLI can build its options from it at once."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 from train.errors import BcsubError
@@ -49,21 +49,31 @@ PRESETS: dict[str, dict] = {
 }
 
 
+def option(default=MISSING, help: str = "", flag: str | None = None, path: bool = False):
+    """A ``TrainConfig`` field that `bcsub train` offers as an option: ``help`` is its help text, ``flag``
+    its name when that is not --FIELD-NAME, ``path`` marks a file or folder (tools/cli.py builds the
+    options from these)."""
+    return field(default=default, metadata={"help": help, "path": path, **({"flag": flag} if flag else {})})
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines a training run; saved as ``config.json`` in the run dir."""
 
-    data: str
-    out: str
-    val: str | None = None
-    backbone: str = "mobilenetv3small"
-    weights: str = "imagenet"
-    image_size: int | None = None
-    epochs: int = 20
-    fine_tune_epochs: int = 10
-    fine_tune_layers: int = 40
-    batch_size: int = 64
-    learning_rate: float = 1e-3
+    # A field with a help text is a `bcsub train` option, named --FIELD-NAME unless ``flag`` says otherwise.
+    data: str = option(help="Training data: AN2DL/PBC96 npz or a class-folder tree", path=True)
+    out: str = option(help="Run dir to write (re-running the same command resumes)", path=True)
+    val: str | None = option(None, "Validation npz; default: a stratified hold-out", path=True)
+    preset: str | None = option(None, f"{' | '.join(PRESETS)}: a recipe; options below override it")
+    backbone: str = option("mobilenetv3small", "Backbone name, or a comma list for an ensemble")
+    backbones: list[str] = field(default_factory=list)  # from --backbone
+    weights: str = option("imagenet", "imagenet | none | PATH to a no-top weights file")
+    epochs: int = option(20, "Epochs (stage 1, or the only stage from scratch)")
+    fine_tune_epochs: int = option(10, "Stage-2 epochs (pretrained only)")
+    fine_tune_layers: int = option(40, "Top backbone layers unfrozen in stage 2")
+    image_size: int | None = option(None, "Resize inside the model to this size")
+    batch_size: int = option(64, "Batch size per replica")
+    learning_rate: float = option(1e-3, "Peak learning rate (stage 1)")
     fine_tune_learning_rate: float = 1e-4
     warmup_epochs: int = 1
     dropout: float = 0.3
@@ -71,27 +81,28 @@ class TrainConfig:
     fine_tune_l2: float = 5e-4
     weight_decay: float = 1e-4
     label_smoothing: float = 0.1
-    ema_momentum: float = 0.0  # > 0: validate, keep and ship an exponential moving average of the weights
-    augment: str = "v2"
-    polish_epochs: int = 0  # > 0: a last stage of this many epochs with polish_augment at a lower rate
-    polish_augment: str = "v1"
-    polish_learning_rate_factor: float = 0.15  # x the previous stage's peak learning rate
-    snapshot_ensemble: bool = True  # with polish epochs: ship the weights from before them too
-    balance: int = 0
-    class_weights: bool = False
-    prior_correction: bool = True  # balanced training: shift the logits back to the training class mix
-    members: int = 1
-    folds: int = 0
-    limit: int = 0
-    seed: int = 0
+    augment: str = option("v2", " | ".join(AUGMENT_PRESETS))
+    balance: int = option(0, "Oversample every class to N images per epoch")
+    class_weights: bool = option(False, "Weight the loss by inverse class frequency")
+    prior_correction: bool = option(
+        True, "After --balance/--class-weights, shift the logits back to the training class mix")
+    polish_epochs: int = option(0, "Extra last epochs with the milder --polish-augment at a lower rate (0: off)")
+    polish_augment: str = option("v1", "Augmentation preset of the polish epochs")
+    polish_learning_rate_factor: float = option(
+        0.15, "Polish peak learning rate as a fraction of the previous stage's", flag="--polish-lr-factor")
+    snapshot_ensemble: bool = option(
+        True, "With --polish-epochs, ship the weights from before them too (a 2-member ensemble)")
+    ema_momentum: float = option(0.0, "Keep an exponential moving average of the weights (0: off, e.g. 0.99)")
+    members: int = option(1, "Ensemble members (different seeds)")
+    folds: int = option(0, "Stratified k-fold members (saves out-of-fold predictions)")
+    limit: int = option(0, "Use about N images (stratified) for quick runs")
+    seed: int = option(0, "Random seed")
     val_fraction: float = 0.15
-    patience: int = 5
-    time_budget_minutes: float = 0.0
-    clean: bool = False
-    multi_worker: bool = False
-    mixed_precision: bool | None = None
-    preset: str | None = None
-    backbones: list[str] = field(default_factory=list)
+    patience: int = option(5, "Early-stopping patience in epochs (0: off; the best epoch is kept anyway)")
+    time_budget_minutes: float = option(0.0, "Stop training after about this many minutes", flag="--time-budget")
+    clean: bool = option(False, "Remove outliers and duplicates first (see inspect)")
+    multi_worker: bool = option(False, "MultiWorkerMirroredStrategy from TF_CONFIG")
+    mixed_precision: bool | None = None  # None: on when there is a GPU
 
     def __post_init__(self) -> None:
         from submission.model import BACKBONES  # here, not at the top: loading it loads TensorFlow

@@ -1,4 +1,5 @@
-"""Augmentation presets built from Keras 3 preprocessing layers, for batched ``tf.data`` pipelines.
+"""Augmentation from Keras 3 preprocessing layers, for batched ``tf.data`` pipelines: the layers, the
+``PARTS`` the presets are made of, and a preset's per-image augmenter and per-batch mixer.
 
 Images are float32 ``(b, 96, 96, 3)`` in ``[0, 255]``; every Keras layer gets
 ``value_range=(0, 255)``. Apply to batches (parameters are drawn per image)::

@@ -2,7 +2,8 @@
 submission/model.py, keeps to public APIs).
 
 Keras has no public API for what these do. Checked against Keras 3.15.1 (the version the test suite
-runs); after a Keras upgrade, tests/test_augment.py and tests/test_training.py exercise each of them.
+runs); the ``BackupAndRestore`` names below are also those of Keras 3.4.1, which has no RandAugment or
+AugMix yet. After a Keras upgrade, tests/test_augment.py and tests/test_training.py exercise each of them.
 
 - ``RandAugment`` and ``AugMix`` draw their ops from a private list of op names (RandAugment's class
   attribute ``_AUGMENT_LAYERS``, AugMix's instance attribute ``_augment_layers``) and keep one sub-layer
@@ -12,8 +13,8 @@ runs); after a Keras upgrade, tests/test_augment.py and tests/test_training.py e
 - ``BackupAndRestore`` writes its backup in ``_save_model`` to ``_weights_path`` and
   ``_training_metadata_path`` (epoch ``_current_epoch``, batch ``_last_batch_seen``); a restore sets
   ``model._initial_epoch``, which ``fit`` uses and never clears. The public ``double_checkpoint=True``
-  keeps a second copy of the weights, but still writes the epoch counter in place (a kill mid-write
-  leaves JSON that its restore does not catch) and leaves ``*.bkp`` files behind.
+  (present in 3.15.1, not in 3.4.1) keeps a second copy of the weights, but still writes the epoch counter in
+  place (a kill mid-write leaves JSON its restore does not catch) and leaves ``*.bkp`` files behind.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from functools import lru_cache
 
 import numpy as np
 from scipy import fft as sfft
+from scipy import ndimage
 
 from submission.model import pixel_problem
 from train.errors import BcsubError
@@ -229,3 +230,138 @@ def flat_rows(n: int, hc: int, wc: int, pad: int, iy: np.ndarray, ix: np.ndarray
     coords iy (..., n, P, 1), ix (..., n, 1, P)."""
     img = np.arange(n).reshape(n, 1, 1)
     return ((img * hc + iy + pad) * wc + ix + pad).ravel()
+
+
+# ---- pixel ops shared by the an2dl and hidden shifts ------------------------------------------
+
+# RGB <-> haematoxylin/eosin/DAB optical density (Ruifrok & Johnston), rows = stains
+HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
+HED = HED / np.linalg.norm(HED, axis=1, keepdims=True)
+HED_INV = np.linalg.inv(HED)
+YIQ = np.array([[0.299, 0.596, 0.211], [0.587, -0.274, -0.523], [0.114, -0.322, 0.312]])
+YIQ_INV = np.linalg.inv(YIQ)  # x_row @ YIQ -> yiq_row
+
+
+def dihedral(k: np.ndarray) -> np.ndarray:
+    """(n,2,2) exact integer matrices for the 8 flips/90-degree rotations."""
+    rot = np.array([[[1, 0], [0, 1]], [[0, -1], [1, 0]], [[-1, 0], [0, -1]], [[0, 1], [-1, 0]]])
+    flip = np.array([[[1, 0], [0, 1]], [[1, 0], [0, -1]]])
+    return rot[k % 4] @ flip[k // 4]
+
+
+def warp_affine(x: np.ndarray, mat: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """Per-image affine warp of uint8 (n,H,W,3) about the centre: output pixel p samples the source at
+    ``mat @ (p - centre) + centre + shift`` (mat (n,2,2), shift (n,2) in pixels, (y, x) order);
+    bilinear, reflect fill, float32 out."""
+    n, h, w, _ = x.shape
+    centre = np.array([(h - 1) / 2, (w - 1) / 2])
+    gy, gx = np.mgrid[0:h, 0:w].astype(np.float32)
+    grid = np.stack([gy - centre[0], gx - centre[1]], 0).reshape(2, -1)  # (2,HW)
+    src = mat.astype(np.float32) @ grid + (centre + shift).astype(np.float32)[:, :, None]
+    return bilinear_sampler(x)(src[:, 0].reshape(n, h, w), src[:, 1].reshape(n, h, w))
+
+
+def rotation(theta: np.ndarray) -> np.ndarray:
+    c, s = np.cos(theta), np.sin(theta)
+    return np.stack([np.stack([c, -s], -1), np.stack([s, c], -1)], -2)
+
+
+OD_LUT = -np.log((np.arange(256) + 1.0) / 256).astype(np.float32)
+
+
+class ColourMap:
+    """Per-image pointwise colour transform: an optional HED stain jitter in optical density,
+    then a chain of affine RGB maps (x_row @ A + t) composed into one, applied in one pass."""
+
+    def __init__(self, x: np.ndarray) -> None:
+        self.x = x
+        n = len(x)
+        self.od: tuple[np.ndarray, np.ndarray] | None = None
+        self.a = np.tile(np.eye(3), (n, 1, 1))
+        self.t = np.zeros((n, 3))
+        self.mean = mean_rgb(x)  # (n,3) image mean, tracked through the maps
+
+    def stain(self, scale: np.ndarray, offset: np.ndarray) -> None:
+        """Scale/offset each stain's concentration (Ruifrok-Johnston HED, Tellez-style)."""
+        m = np.einsum("ij,nj,jk->nik", HED_INV, scale, HED)
+        self.od = (m.astype(np.float32), (offset @ HED).astype(np.float32))
+        od_mean = OD_LUT[np.clip(np.rint(self.mean), 0, 255).astype(int)]
+        self.mean = 256 * np.exp(-(np.einsum("nj,njk->nk", od_mean, m) + offset @ HED)) - 1
+
+    def _compose(self, m: np.ndarray, t: np.ndarray) -> None:
+        self.a = self.a @ m
+        self.t = np.einsum("nj,njk->nk", self.t, m) + t
+        self.mean = np.einsum("nj,njk->nk", self.mean, m) + t
+
+    def brightness(self, f: np.ndarray) -> None:
+        self._compose(f[:, None, None] * np.eye(3), np.zeros((len(f), 3)))
+
+    def contrast(self, f: np.ndarray) -> None:
+        grey = (self.mean @ LUMA)[:, None]
+        self._compose(f[:, None, None] * np.eye(3), (1 - f)[:, None] * grey * np.ones(3))
+
+    def saturation(self, f: np.ndarray) -> None:
+        m = f[:, None, None] * np.eye(3) + (1 - f)[:, None, None] * np.outer(LUMA, np.ones(3))
+        self._compose(m, np.zeros((len(f), 3)))
+
+    def hue(self, turns: np.ndarray) -> None:
+        c, s = np.cos(2 * np.pi * turns), np.sin(2 * np.pi * turns)
+        r = np.zeros((len(turns), 3, 3))
+        r[:, 0, 0] = 1
+        r[:, 1, 1], r[:, 1, 2], r[:, 2, 1], r[:, 2, 2] = c, s, -s, c
+        self._compose(YIQ @ r @ YIQ_INV, np.zeros((len(turns), 3)))
+
+    def apply(self) -> np.ndarray:
+        # channels-first (n,3,HW): per-image 3x3 maps are batched matmuls and per-channel
+        # offsets broadcast along the long axis (broadcasting over a last axis of 3 is slow)
+        n, h, w, _ = self.x.shape
+        y = np.ascontiguousarray(f32(self.x).reshape(n, h * w, 3).transpose(0, 2, 1))
+        if self.od is not None:
+            od_m, od_t = self.od
+            y += 1
+            np.log(y, out=y)  # = log(256) - optical density; the constant is folded in below
+            y = np.matmul(od_m.transpose(0, 2, 1), y)
+            y += (np.log(256) * (1 - od_m.sum(axis=1)) - od_t)[:, :, None]
+            np.exp(y, out=y)
+            y -= 1
+        y = np.matmul(self.a.astype(np.float32).transpose(0, 2, 1), y)
+        y += self.t.astype(np.float32)[:, :, None]
+        return y.transpose(0, 2, 1).reshape(n, h, w, 3)
+
+
+def apply_to(x: np.ndarray, mask: np.ndarray, fn: Callable[[np.ndarray], np.ndarray]) -> None:
+    """In place: x[mask] = fn(x[mask]) when any image is selected."""
+    if mask.any():
+        x[mask] = np.clip(fn(x[mask]), 0, 255)
+
+
+def blend(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
+    return a + t * (b - a)
+
+
+def autocontrast(x: np.ndarray) -> np.ndarray:
+    chans = np.ascontiguousarray(x.reshape(len(x), -1, 3).transpose(0, 2, 1))  # fast reductions
+    lo = chans.min(axis=2)[:, None, None, :]
+    hi = chans.max(axis=2)[:, None, None, :]
+    span = hi - lo
+    return np.where(span > 0, (x - lo) * 255 / np.maximum(span, 1e-6), x)
+
+
+def equalize(x: np.ndarray) -> np.ndarray:
+    """Per-image, per-channel histogram equalisation (vectorised via one bincount)."""
+    n, h, w, c = x.shape
+    v = np.clip(np.rint(x), 0, 255).astype(np.int64)
+    key = (np.arange(n)[:, None, None, None] * c + np.arange(c)) * 256 + v
+    hist = np.bincount(key.ravel(), minlength=n * c * 256).reshape(n, c, 256)
+    cdf = hist.cumsum(axis=-1)
+    first = np.take_along_axis(cdf, (hist > 0).argmax(axis=-1)[..., None], axis=-1)
+    denom = h * w - first
+    lut = np.where(denom > 0, (cdf - first) * 255.0 / np.maximum(denom, 1), np.arange(256))
+    return lut.reshape(-1)[key].astype(np.float32)
+
+
+def sharpness(x: np.ndarray, f: np.ndarray) -> np.ndarray:
+    """PIL-style sharpness: blend with the 3x3 'smooth' filter by per-image factor ``f``."""
+    k = np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]], np.float32) / 13
+    smooth = ndimage.correlate(x, k[None, :, :, None], mode="nearest")
+    return smooth + f.astype(np.float32)[:, None, None, None] * (x - smooth)

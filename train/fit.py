@@ -17,29 +17,35 @@ import tensorflow as tf
 
 from submission.model import IMAGE_SHAPE, network_input_size
 from train.backbones import build_pretrained_network, set_backbone_trainable, set_head_l2
-from train.callbacks import PersistentCheckpoint, TimeBudget
+from train.callbacks import PersistentCheckpoint
 from train.config import TrainConfig
 from train.data import Dataset
 from train.keras_internals import AtomicBackupAndRestore
 from train.pipeline import evaluation_dataset, prior_logit_offsets, training_dataset
+from train.planner import PLAN_FILE, BudgetPlanner, FollowPlan, PlannedCosineDecay
 from train.runs import HISTORY_FILE, finish_run, finish_snapshot_run, is_complete_run, read_metrics
 
 
 def fit_member(cfg: TrainConfig, train: Dataset, val: Dataset, out: Path, backbone: str | None = None,
-               seed: int | None = None) -> dict:
-    """Train one network into ``out`` and return its validation metrics. Re-running resumes."""
+               seed: int | None = None, budget_s: float | None = None) -> dict:
+    """Train one network into ``out`` and return its validation metrics. Re-running resumes.
+    ``budget_s``: this member's share of ``--time-budget`` (default: all of it)."""
     out.mkdir(parents=True, exist_ok=True)
     if is_complete_run(out):
         return read_metrics(out)
-    return MemberFit(cfg, train, val, out, backbone or cfg.backbone, cfg.seed if seed is None else seed).run()
+    if budget_s is None and cfg.time_budget_minutes:
+        budget_s = cfg.time_budget_minutes * 60
+    return MemberFit(cfg, train, val, out, backbone or cfg.backbone, cfg.seed if seed is None else seed,
+                     budget_s).run()
 
 
 class MemberFit:
     """The training of one network into ``out``; ``run`` is the recipe."""
 
-    def __init__(self, cfg: TrainConfig, train: Dataset, val: Dataset, out: Path, backbone: str, seed: int):
+    def __init__(self, cfg: TrainConfig, train: Dataset, val: Dataset, out: Path, backbone: str, seed: int,
+                 budget_s: float | None = None):
         self.cfg, self.train_data, self.val_data, self.out = cfg, train, val, out
-        self.backbone, self.seed = backbone, seed
+        self.backbone, self.seed, self.budget_s = backbone, seed, budget_s
         self._batches: dict[str, tuple[tf.data.Dataset, int]] = {}
 
     def run(self) -> dict:
@@ -72,15 +78,19 @@ class MemberFit:
         """Run every stage; returns the snapshots to ship (empty: the final weights alone) and the seconds."""
         cfg = self.cfg
         stages = plan_stages(cfg)
-        deadlines = StageDeadlines(cfg.time_budget_minutes)
+        planner = None
+        if self.budget_s:
+            ships = 2 if cfg.snapshot_ensemble and any(s.name == "polish" for s in stages) else 1
+            planner = BudgetPlanner.for_stages(self.budget_s, [(s.name, s.epochs) for s in stages],
+                                               self.out / PLAN_FILE, package_members=ships)
         class_weight = class_weight_for(self.train_data.labels) if cfg.class_weights else None
         wall_start = time.time()
         snapshots: dict[str, list] = {}
-        for k, stage in enumerate(stages):
+        for stage in stages:
             if stage.name == "polish" and cfg.snapshot_ensemble:
                 snapshots["unpolished"] = self.model.get_weights()  # the previous stage's best epoch
             run_stage(self.model, stage, cfg, self.strategy, *self.train_batches(stage.augment), self.val_ds,
-                      self.out, class_weight, deadlines.next(stages[k:]))
+                      self.out, class_weight, planner)
         if snapshots:
             snapshots["polished"] = self.model.get_weights()
         return snapshots, time.time() - wall_start
@@ -143,37 +153,18 @@ def set_precision(mixed_precision: bool | None) -> None:
         keras.mixed_precision.set_global_policy("mixed_float16")
 
 
-class StageDeadlines:
-    """A time budget (minutes; 0: none) shared among the stages still to run, by their epochs."""
-
-    def __init__(self, minutes: float):
-        self.end = time.monotonic() + minutes * 60 if minutes else None
-
-    def next(self, remaining: list[Stage]) -> float | None:
-        """The ``time.monotonic`` deadline of ``remaining[0]``, or None without a budget."""
-        if self.end is None:
-            return None
-        now = time.monotonic()
-        return now + (self.end - now) * remaining[0].epochs / sum(s.epochs for s in remaining)
-
-
-def compile_for(model: keras.Model, stage: Stage, cfg: TrainConfig, steps: int) -> None:
-    """AdamW on a cosine schedule (with linear warm-up from a tenth of the rate), label smoothing."""
+def compile_for(model: keras.Model, stage: Stage, cfg: TrainConfig, steps: int) -> PlannedCosineDecay:
+    """AdamW on a cosine schedule (with linear warm-up from a tenth of the rate), label smoothing.
+    Returns the schedule: a time plan may change its length while the stage runs."""
     total = max(1, stage.epochs * steps)
-    warmup = min(total // 2, stage.warmup_epochs * steps)
-    schedule = keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=stage.learning_rate / 10 if warmup else stage.learning_rate,
-        decay_steps=max(1, total - warmup),
-        warmup_target=stage.learning_rate if warmup else None,
-        warmup_steps=warmup,
-        alpha=0.01,
-    )
+    schedule = PlannedCosineDecay(stage.learning_rate, total, warmup_steps=min(total // 2, stage.warmup_epochs * steps))
     model.compile(
         optimizer=keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay, use_ema=cfg.ema_momentum > 0,
                                          ema_momentum=cfg.ema_momentum),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
         metrics=["accuracy"],
     )
+    return schedule
 
 
 def class_weight_for(labels: np.ndarray) -> dict[int, float]:
@@ -186,7 +177,7 @@ def class_weight_for(labels: np.ndarray) -> dict[int, float]:
 
 
 def run_stage(model, stage: Stage, cfg: TrainConfig, strategy, train_ds, steps: int, val_ds, out: Path,
-              class_weight: dict | None, deadline: float | None = None) -> None:
+              class_weight: dict | None, planner: BudgetPlanner | None = None) -> None:
     """One ``model.fit`` with its backup, history, checkpoint and stopping callbacks; ends on the stage's
     best epoch. A stage marked done is only reloaded."""
     best = out / f".{stage.name}.best.weights.h5"
@@ -197,7 +188,7 @@ def run_stage(model, stage: Stage, cfg: TrainConfig, strategy, train_ds, steps: 
     set_backbone_trainable(model, stage.trainable_top)
     set_head_l2(model, stage.l2)
     with strategy.scope():
-        compile_for(model, stage, cfg, steps)
+        schedule = compile_for(model, stage, cfg, steps)
     callbacks = [
         AtomicBackupAndRestore(str(out / ".backup" / stage.name)),  # first: raw weights + EMA state
         keras.callbacks.CSVLogger(str(out / HISTORY_FILE), append=True),
@@ -207,8 +198,8 @@ def run_stage(model, stage: Stage, cfg: TrainConfig, strategy, train_ds, steps: 
     callbacks.append(PersistentCheckpoint(best))
     if cfg.patience:
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=cfg.patience))
-    if deadline is not None:
-        callbacks.append(TimeBudget(deadline))
+    if planner is not None:
+        callbacks.append(FollowPlan(planner, stage.name, steps, schedule))
     model.fit(train_ds, steps_per_epoch=steps, epochs=stage.epochs, validation_data=val_ds,
               callbacks=callbacks, class_weight=class_weight, shuffle=False, verbose=1 if sys.stdout.isatty() else 2)
     model.load_weights(str(best))

@@ -14,6 +14,7 @@ from train.data import Dataset, load_dataset, stratified_split, stratified_subsa
 from train.errors import BcsubError
 from train.fit import fit_member
 from train.metrics import score
+from train.planner import BudgetShare
 from train.runs import CLEANING_FILE, CONFIG_FILE, OOF_PREDICTIONS_FILE, MemberResult, read_val_probs, write_ensemble
 
 
@@ -28,9 +29,11 @@ def run_training(cfg: TrainConfig) -> list[MemberResult]:
     if val is None:
         train, val = stratified_split(train, cfg.val_fraction, cfg.seed)
     n_members = max(cfg.members, len(cfg.backbones))
+    budget = BudgetShare(cfg.time_budget_minutes)
     if n_members == 1:
-        return [_fit(cfg, out, ".", cfg.backbone, cfg.seed, train, val)]
-    results = [_fit(cfg, out, f"member_{k}", cfg.backbones[k % len(cfg.backbones)], cfg.seed + k, train, val)
+        return [_fit(cfg, out, ".", cfg.backbone, cfg.seed, train, val, budget.next(1))]
+    results = [_fit(cfg, out, f"member_{k}", cfg.backbones[k % len(cfg.backbones)], cfg.seed + k, train, val,
+                    budget.next(n_members - k))
                for k in range(n_members)]
     write_ensemble(out, results)
     return results
@@ -78,13 +81,14 @@ def clean_dataset(dataset: Dataset, out: Path) -> Dataset:
 
 
 def _fit(cfg: TrainConfig, out: Path, name: str, backbone: str, seed: int, train: Dataset,
-         val: Dataset) -> MemberResult:
+         val: Dataset, budget_s: float | None = None) -> MemberResult:
     """Fit one member into ``out / name``; a member folder gets its own ``config.json`` (its backbone
     and seed), the run dir's is written once by ``run_training``."""
     member_dir = out / name
     if name != ".":
         write_json(member_dir / CONFIG_FILE, {**cfg.to_json(), "backbone": backbone, "seed": seed})
-    return MemberResult(name, backbone, seed, fit_member(cfg, train, val, member_dir, backbone=backbone, seed=seed))
+    metrics = fit_member(cfg, train, val, member_dir, backbone=backbone, seed=seed, budget_s=budget_s)
+    return MemberResult(name, backbone, seed, metrics)
 
 
 def fold_splits(labels: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -101,9 +105,10 @@ def _train_folds(cfg: TrainConfig, data: Dataset, out: Path) -> list[MemberResul
     """Stratified k-fold: member k validates on fold k; out-of-fold predictions are saved."""
     oof = np.zeros((len(data), NUM_CLASSES), np.float32)
     results = []
+    budget = BudgetShare(cfg.time_budget_minutes)
     for k, (train_idx, val_idx) in enumerate(fold_splits(data.labels, cfg.folds, cfg.seed)):
         result = _fit(cfg, out, f"fold_{k}", cfg.backbones[k % len(cfg.backbones)], cfg.seed + k,
-                      data.subset(train_idx), data.subset(val_idx))
+                      data.subset(train_idx), data.subset(val_idx), budget.next(cfg.folds - k))
         oof[val_idx] = read_val_probs(out / result.name)
         results.append(result)
     np.savez(out / OOF_PREDICTIONS_FILE, probs=oof, labels=data.labels)

@@ -1,0 +1,244 @@
+"""The time budget as a plan (``--time-budget``): measure how long an epoch really takes on this machine,
+then choose every stage's epochs (main stage(s) and polish) so the whole schedule, packaging included,
+ends inside the budget; re-plan when the speed changes by more than ``REPLAN_CHANGE``.
+
+The learning-rate schedule follows the plan: ``PlannedCosineDecay`` reads its length from a variable
+that the plan updates, so a shortened run still ends its cosine decay (and still polishes) instead of
+being cut off mid-schedule. ``plan.json`` in the run dir records every plan and what actually ran.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from train.atomic import write_json
+
+PLAN_FILE = "plan.json"
+REPLAN_CHANGE = 0.2  # re-plan when an epoch takes this much longer or shorter than planned for
+TIMED_BATCHES = (3, 13)  # batches [3, 13) of a stage's first epoch time a step (after the warm-up)
+# Packaging (auto TTA on clean + shifted validation sets, timing, the fresh-process checks) costs about
+# this many validation passes; measured on the CPU preset (bench/bench_train_cpu.py).
+PACKAGE_VALIDATION_PASSES = 60.0
+MIN_RESERVE_S = 30.0
+
+
+def allocate_epochs(available_s: float, max_epochs: list[int], seconds_per_epoch: list[float],
+                    minimum: list[int]) -> list[int]:
+    """Epochs per stage: as many as fit in ``available_s``, each stage at most its ``max_epochs`` and at
+    least its ``minimum``, all stages shortened by the same factor (the recipe's proportions are kept;
+    leftover time goes to the stages with the largest remainders)."""
+    cost = sum(m * t for m, t in zip(max_epochs, seconds_per_epoch))
+    if cost <= available_s:
+        return list(max_epochs)
+    factor = max(0.0, available_s) / cost
+    exact = [m * factor for m in max_epochs]
+    plan = [min(m, max(lo, math.floor(e))) for m, lo, e in zip(max_epochs, minimum, exact)]
+    spent = sum(p * t for p, t in zip(plan, seconds_per_epoch))
+    for i in sorted(range(len(plan)), key=lambda i: exact[i] - math.floor(exact[i]), reverse=True):
+        if plan[i] < max_epochs[i] and spent + seconds_per_epoch[i] <= available_s:
+            plan[i] += 1
+            spent += seconds_per_epoch[i]
+    return plan
+
+
+@dataclass
+class StagePlan:
+    name: str
+    max_epochs: int
+    minimum: int
+    seconds_per_epoch: float | None = None  # measured; None: not yet (the stage before it stands in)
+    planned: int = 0
+    done: int = 0  # epochs finished
+
+
+@dataclass
+class BudgetPlanner:
+    """Plans the stages of one member inside ``budget_s`` seconds from now (``clock`` is
+    ``time.monotonic``; tests pass a fake one). ``reserve_s`` is kept free for packaging."""
+
+    budget_s: float
+    stages: list[StagePlan]
+    clock: Callable[[], float] = time.monotonic
+    reserve_s: float = MIN_RESERVE_S
+    package_members: int = 1  # networks this member ships (2 for a snapshot pair): packaging scales with it
+    path: Path | None = None
+    history: list[dict] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.start = self.clock()
+        for stage in self.stages:
+            stage.planned = stage.planned or stage.max_epochs
+
+    @classmethod
+    def for_stages(cls, budget_s: float, stages: list[tuple[str, int]], path: Path | None = None,
+                   clock: Callable[[], float] = time.monotonic, package_members: int = 1) -> BudgetPlanner:
+        """A planner for (name, max epochs) stages; every stage (polish too) keeps at least one epoch."""
+        plans = [StagePlan(name, epochs, minimum=1) for name, epochs in stages]
+        planner = cls(budget_s, plans, clock=clock, path=path, package_members=package_members)
+        planner._restore()
+        return planner
+
+    def stage(self, name: str) -> StagePlan:
+        return next(s for s in self.stages if s.name == name)
+
+    def left_s(self) -> float:
+        return self.budget_s - (self.clock() - self.start)
+
+    def observe(self, name: str, seconds_per_epoch: float, reason: str) -> bool:
+        """Record a measured epoch time for stage ``name``; re-plan when it is the first measurement or
+        differs from the one the plan used by more than ``REPLAN_CHANGE``. True when it re-planned."""
+        stage = self.stage(name)
+        previous = stage.seconds_per_epoch
+        if previous is not None and abs(seconds_per_epoch - previous) <= REPLAN_CHANGE * previous:
+            return False
+        stage.seconds_per_epoch = seconds_per_epoch
+        self.replan(reason)
+        return True
+
+    def set_reserve(self, seconds: float) -> None:
+        self.reserve_s = max(MIN_RESERVE_S, seconds)
+
+    def replan(self, reason: str) -> None:
+        """Choose the epochs still to run for every stage from the time left and the measured speeds."""
+        known = [s.seconds_per_epoch for s in self.stages if s.seconds_per_epoch]
+        if not known:
+            return
+        fallback = known[-1]  # an unmeasured stage is assumed as slow as the last measured one
+        todo = [s for s in self.stages if s.done < s.max_epochs or s.planned > s.done]
+        speeds = [s.seconds_per_epoch or fallback for s in todo]
+        epochs = allocate_epochs(self.left_s() - self.reserve_s, [s.max_epochs - s.done for s in todo], speeds,
+                                 [max(0, s.minimum - s.done) for s in todo])
+        for s, e in zip(todo, epochs):
+            s.planned = s.done + e
+        self.history.append({"at_s": round(self.clock() - self.start, 1), "reason": reason,
+                             "left_s": round(self.left_s(), 1), "reserve_s": round(self.reserve_s, 1),
+                             "seconds_per_epoch": {s.name: s.seconds_per_epoch for s in self.stages},
+                             "planned": {s.name: s.planned for s in self.stages}})
+        self.save()
+
+    def epoch_done(self, name: str, epochs: int) -> None:
+        """Stage ``name`` has finished ``epochs`` epochs (Keras' own count, right after a resume too)."""
+        self.stage(name).done = epochs
+        self.save()
+
+    def to_json(self) -> dict:
+        return {"budget_s": self.budget_s, "used_s": round(self.clock() - self.start, 1),
+                "reserve_s": round(self.reserve_s, 1),
+                "stages": [{"name": s.name, "max_epochs": s.max_epochs, "planned": s.planned, "done": s.done,
+                            "seconds_per_epoch": s.seconds_per_epoch} for s in self.stages],
+                "plans": self.history}
+
+    def save(self) -> None:
+        if self.path is not None:
+            write_json(self.path, self.to_json())
+
+    def _restore(self) -> None:
+        """A resumed run continues the saved plan: the time already used counts against the budget."""
+        if self.path is None or not self.path.is_file():
+            return
+        saved = json.loads(self.path.read_text())
+        self.start -= float(saved.get("used_s", 0.0))
+        self.history = list(saved.get("plans", []))
+        by_name = {s["name"]: s for s in saved.get("stages", [])}
+        for stage in self.stages:
+            old = by_name.get(stage.name)
+            if old:
+                stage.planned, stage.done = int(old["planned"]), int(old["done"])
+                stage.seconds_per_epoch = old.get("seconds_per_epoch")
+
+
+class BudgetShare:
+    """``--time-budget`` shared by the members of a run still to train (each gets an equal part of what is
+    left, so a member that finishes early leaves its time to the next)."""
+
+    def __init__(self, minutes: float, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        self.end = clock() + minutes * 60 if minutes else None
+
+    def next(self, members_left: int) -> float | None:
+        """Seconds for the next member, or None without a budget."""
+        return None if self.end is None else max(0.0, self.end - self.clock()) / max(1, members_left)
+
+
+class PlannedCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up from a tenth of ``peak`` over ``warmup_steps``, then cosine decay to ``alpha * peak``
+    at ``total_steps`` — a variable, so a re-plan can lengthen or shorten the schedule while it runs."""
+
+    def __init__(self, peak: float, total_steps: int, warmup_steps: int = 0, alpha: float = 0.01):
+        self.peak, self.warmup_steps, self.alpha = float(peak), int(warmup_steps), float(alpha)
+        self.total_steps = tf.Variable(float(max(1, total_steps)), trainable=False, dtype=tf.float32)
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        warmup = tf.constant(float(self.warmup_steps))
+        start = self.peak / 10 if self.warmup_steps else self.peak
+        ramp = start + (self.peak - start) * step / tf.maximum(warmup, 1.0)
+        progress = tf.clip_by_value((step - warmup) / tf.maximum(self.total_steps - warmup, 1.0), 0.0, 1.0)
+        cosine = self.peak * (self.alpha + (1 - self.alpha) * 0.5 * (1 + tf.cos(math.pi * progress)))
+        return tf.where(step < warmup, ramp, cosine)
+
+    def set_total_steps(self, steps: int) -> None:
+        self.total_steps.assign(float(max(1, steps)))
+
+    def get_config(self) -> dict:
+        return {"peak": self.peak, "total_steps": float(self.total_steps.numpy()),
+                "warmup_steps": self.warmup_steps, "alpha": self.alpha}
+
+
+class FollowPlan(keras.callbacks.Callback):
+    """Runs one stage by the plan: times the first steps (augmentation included) and every epoch, feeds
+    the planner, keeps the schedule's length equal to the planned epochs, and stops at the plan's end."""
+
+    def __init__(self, planner: BudgetPlanner, stage: str, steps: int, schedule: PlannedCosineDecay,
+                 log: Callable[[str], None] = print):
+        super().__init__()
+        self.planner, self.stage_name, self.steps, self.schedule, self.log = planner, stage, steps, schedule, log
+        self.clock = planner.clock
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_start = self.clock()
+        self.batch_start: float | None = None
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if batch == TIMED_BATCHES[0]:
+            self.batch_start = self.clock()
+
+    def on_train_batch_end(self, batch, logs=None):
+        stage = self.planner.stage(self.stage_name)
+        if batch == TIMED_BATCHES[1] - 1 and self.batch_start is not None and stage.seconds_per_epoch is None:
+            step = (self.clock() - self.batch_start) / (TIMED_BATCHES[1] - TIMED_BATCHES[0])
+            self._observe(step * self.steps, "first steps")
+
+    def on_test_begin(self, logs=None):
+        self.test_start = self.clock()
+
+    def on_test_end(self, logs=None):
+        passes = PACKAGE_VALIDATION_PASSES * self.planner.package_members
+        self.planner.set_reserve(passes * (self.clock() - self.test_start))
+
+    def on_train_begin(self, logs=None):
+        stage = self.planner.stage(self.stage_name)
+        self.schedule.set_total_steps(stage.planned * self.steps)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.planner.epoch_done(self.stage_name, epoch + 1)
+        self._observe(self.clock() - self.epoch_start, f"epoch {epoch + 1}")
+        stage = self.planner.stage(self.stage_name)
+        if stage.done >= stage.planned:
+            self.model.stop_training = True
+
+    def _observe(self, seconds_per_epoch: float, reason: str) -> None:
+        if self.planner.observe(self.stage_name, seconds_per_epoch, f"{self.stage_name}: {reason}"):
+            stage = self.planner.stage(self.stage_name)
+            self.schedule.set_total_steps(stage.planned * self.steps)
+            plan = ", ".join(f"{s.name} {s.planned}" for s in self.planner.stages)
+            self.log(f"time plan ({reason}, {seconds_per_epoch:.0f} s/epoch, {self.planner.left_s() / 60:.1f} min "
+                     f"left, {self.planner.reserve_s:.0f} s kept for packaging): epochs {plan}")

@@ -338,6 +338,71 @@ def _as_float_chunk(chunk: np.ndarray) -> np.ndarray:
     return _checked(chunk.astype(np.float32, copy=False), check_values=True)
 
 
+class BatchNormAdaptation:
+    """Test-time adaptation of one network: every BatchNormalization layer of its backbone gets its
+    statistics re-estimated on the images it is about to predict, blended with the training statistics.
+
+    Two chunked passes: the first measures each layer's input on the test images with the training
+    statistics and blends them in; the second measures again through the adapted layers and blends the
+    final statistics (from the training ones). The blend weight of the test statistics is n / (n + prior):
+    ``prior`` is how many images the training statistics count for. ``restore`` puts the training
+    statistics back, so the network (and its files) are left as they were.
+    """
+
+    def __init__(self, model, prior: float, chunk_size: int = 64):
+        self.prior, self.chunk_size = float(prior), int(chunk_size)
+        names = [layer.name for layer in model.layers]
+        backbone = model.get_layer("backbone") if "backbone" in names else None
+        self.layers = [layer for layer in (backbone.layers if backbone is not None else [])
+                       if isinstance(layer, layers.BatchNormalization)]
+        self.saved = [(layer.moving_mean.numpy(), layer.moving_variance.numpy()) for layer in self.layers]
+        if not self.layers:
+            return
+        front = model.layers[1:names.index("backbone")]  # resize / preprocessing before the backbone
+        taps = keras.Model(backbone.inputs, [layer.input for layer in self.layers])
+
+        def moments(x):
+            for layer in front:
+                x = layer(x)
+            outputs = taps(x, training=False)
+            outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+            return [(tf.reduce_sum(tf.cast(t, tf.float64), axis=[0, 1, 2]),
+                     tf.reduce_sum(tf.square(tf.cast(t, tf.float64)), axis=[0, 1, 2]),
+                     tf.cast(tf.reduce_prod(tf.shape(t)[:3]), tf.float64)) for t in outputs]
+
+        signature = [tf.TensorSpec([None, *IMAGE_SHAPE], tf.float32)]
+        self._moments = tf.function(moments, input_signature=signature, reduce_retracing=True)
+
+    def _measure(self, X) -> list[tuple[np.ndarray, np.ndarray]]:
+        totals = None
+        for start in range(0, len(X), self.chunk_size):
+            chunk = tf.constant(_as_float_chunk(X[start:start + self.chunk_size]))
+            sums = [tuple(v.numpy() for v in m) for m in self._moments(chunk)]
+            totals = sums if totals is None else [tuple(a + b for a, b in zip(t, s)) for t, s in zip(totals, sums)]
+        return [(s1 / n, np.maximum(s2 / n - (s1 / n) ** 2, 0.0)) for s1, s2, n in totals]
+
+    def _blend(self, measured, weight: float) -> None:
+        for layer, (mean0, var0), (mean1, var1) in zip(self.layers, self.saved, measured):
+            mean = (1 - weight) * mean0 + weight * mean1
+            second = (1 - weight) * (var0 + mean0 ** 2) + weight * (var1 + mean1 ** 2)
+            layer.moving_mean.assign(mean.astype(np.float32))
+            layer.moving_variance.assign(np.maximum(second - mean ** 2, 0.0).astype(np.float32))
+
+    def adapt(self, X) -> None:
+        """Adapt to the (n, 96, 96, 3) images ``X`` (from the training statistics, whatever came before)."""
+        self.restore()
+        if not self.layers or not len(X):
+            return
+        weight = len(X) / (len(X) + self.prior)
+        for _ in range(2):
+            self._blend(self._measure(X), weight)
+
+    def restore(self) -> None:
+        for layer, (mean, var) in zip(self.layers, self.saved):
+            layer.moving_mean.assign(mean)
+            layer.moving_variance.assign(var)
+
+
 class TTAEnsemble:
     """Softmax average over ensemble members and TTA views, run chunk by chunk.
 
@@ -347,8 +412,11 @@ class TTAEnsemble:
 
     def __init__(self, models: list, member_weights: list[float] | None = None,
                  views: list[str] | tuple[str, ...] | int = ("identity",),
-                 batch_size: int = DEFAULT_BATCH_SIZE):
+                 batch_size: int = DEFAULT_BATCH_SIZE, adapt_bn: float | None = None):
         self.models = list(models)
+        # adapt_bn: None = off, else the prior (in images) of BatchNormAdaptation, applied per predict call
+        self.adaptations = [BatchNormAdaptation(m, adapt_bn) for m in self.models] if adapt_bn else []
+        self.adapt_bn = adapt_bn
         weights = np.asarray(member_weights or [1.0] * len(self.models), dtype=np.float32)
         if len(weights) != len(self.models) or weights.sum() <= 0 or (weights < 0).any():
             raise ValueError("member weights must be non-negative, one per member, not all zero")
@@ -379,19 +447,34 @@ class TTAEnsemble:
         for start in range(0, len(X), self.chunk_size):
             yield start, tf.constant(_as_float_chunk(X[start:start + self.chunk_size]))
 
+    def _adapted(self, X, fill) -> np.ndarray:
+        """``fill`` run with every member adapted to ``X`` (when adaptation is on), then restored."""
+        X = check_pixels(X)
+        for adaptation in self.adaptations:
+            adaptation.adapt(X)
+        try:
+            return fill(X)
+        finally:
+            for adaptation in self.adaptations:
+                adaptation.restore()
+
     def predict_proba(self, X) -> np.ndarray:
         """Ensemble- and view-averaged softmax (n, classes)."""
-        out = np.zeros((len(check_pixels(X)), NUM_CLASSES), np.float32)
-        for start, chunk in self._chunks(X):
-            out[start:start + len(chunk)] = self._average_chunk(chunk).numpy()
-        return out
+        def fill(X):
+            out = np.zeros((len(X), NUM_CLASSES), np.float32)
+            for start, chunk in self._chunks(X):
+                out[start:start + len(chunk)] = self._average_chunk(chunk).numpy()
+            return out
+        return self._adapted(X, fill)
 
     def view_probabilities(self, X) -> np.ndarray:
         """Softmax per member and view, not averaged: (members, views, n, classes)."""
-        out = np.zeros((len(self.models), len(self.views), len(check_pixels(X)), NUM_CLASSES), np.float32)
-        for start, chunk in self._chunks(X):
-            out[:, :, start:start + len(chunk)] = self._views_chunk(chunk).numpy()
-        return out
+        def fill(X):
+            out = np.zeros((len(self.models), len(self.views), len(X), NUM_CLASSES), np.float32)
+            for start, chunk in self._chunks(X):
+                out[:, :, start:start + len(chunk)] = self._views_chunk(chunk).numpy()
+            return out
+        return self._adapted(X, fill)
 
     def predict(self, X) -> np.ndarray:
         return np.argmax(self.predict_proba(X), axis=1).astype(np.int64)
@@ -407,6 +490,7 @@ def load_ensemble(directory: str) -> TTAEnsemble:
         [float(entry.get("weight", 1.0)) for entry in members],
         manifest["tta"]["views"],
         int(manifest.get("batch_size", DEFAULT_BATCH_SIZE)),
+        manifest["tta"].get("adapt_bn"),
     )
 
 

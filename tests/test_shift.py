@@ -53,7 +53,7 @@ def test_constants() -> None:
     )  # fmt: skip
     assert SEVERITIES == (1, 2, 3, 4, 5)
     assert AN2DL_STRENGTHS == (1, 2, 3)
-    assert SUITES == ("clean", "corruptions", "an2dl")
+    assert SUITES == ("clean", "hidden", "corruptions", "an2dl")
 
 
 @pytest.mark.parametrize("name", CORRUPTIONS)
@@ -146,11 +146,12 @@ def test_corrupt_validation(images: np.ndarray) -> None:
 def test_plan_variants_default() -> None:
     plan = plan_variants()
     names = [v.name for v in plan]
-    assert len(plan) == 1 + len(CORRUPTIONS) * len(SEVERITIES) + len(AN2DL_STRENGTHS)
+    assert len(plan) == 1 + 3 + len(CORRUPTIONS) * len(SEVERITIES) + len(AN2DL_STRENGTHS)
     assert len(set(names)) == len(names)
     assert plan[0] == Variant("clean", "clean", "clean", 0)
     assert Variant("pixelate@3", "corruptions", "pixelate", 3) in plan
     assert [v.name for v in plan if v.suite == "an2dl"] == ["an2dl@1", "an2dl@2", "an2dl@3"]
+    assert [v.name for v in plan if v.suite == "hidden"] == ["hidden@1", "hidden@2", "hidden@3"]
     assert all(v.name == f"{v.kind}@{v.severity}" for v in plan[1:])
 
 
@@ -170,7 +171,7 @@ def test_plan_variants_validation() -> None:
     assert plan_variants("clean") == [Variant("clean", "clean", "clean", 0)]
     assert plan_variants(["clean"], []) == [Variant("clean", "clean", "clean", 0)]
     assert [v.name for v in plan_variants(["an2dl", "an2dl"])] == ["an2dl@1", "an2dl@2", "an2dl@3"]
-    with pytest.raises(BcsubError, match="unknown suite 'noise'.*clean, corruptions, an2dl"):
+    with pytest.raises(BcsubError, match="unknown suite 'noise'.*clean, hidden, corruptions, an2dl"):
         plan_variants(["clean", "noise"])
     with pytest.raises(BcsubError, match="severity 7.*1, 2, 3, 4, 5"):
         plan_variants(severities=(1, 7))

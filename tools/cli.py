@@ -123,7 +123,9 @@ def check(
 def local_score(
     zips: Annotated[list[Path], typer.Argument(help="Submission zip(s); several are compared side by side")],
     data: Annotated[Path, typer.Option(help="Labelled test data (npz or class folders)")],
-    suite: Annotated[str, typer.Option(help="Comma list of clean, corruptions, an2dl")] = "clean,corruptions,an2dl",
+    suite: Annotated[str, typer.Option(
+        help="Comma list of clean, hidden (the calibrated hidden-set shift), corruptions, an2dl "
+             "(diagnostic views)")] = "clean,hidden",
     severities: Annotated[str, typer.Option(help="Comma list of severities 1..5")] = "1,2,3,4,5",
     time_limit: Annotated[float, typer.Option(help="Seconds the submission may run (CodaBench: 600)")] = 600,
     python: Annotated[Path | None, typer.Option(help="Run the submission under this interpreter")] = None,

@@ -35,11 +35,12 @@ def per_class_table(metrics: dict, title: str) -> Table:
 
 def tta_table(choice) -> Table:
     table = Table(title="TTA choice (validation accuracy, clean and shifted)")
-    for column in ("views", "n", "members", "clean", "shifted", "score", ""):
+    for column in ("views", "n", "members", "BN adapt", "clean", "shifted", "score", ""):
         table.add_column(column)
     for row in choice.table:
-        table.add_row(row["name"], str(row["views"]), row["weighting"], _pct(row["clean"]), _pct(row["shifted"]),
-                      _pct(row["score"]), "<- chosen" if row.get("chosen") else "")
+        adapt = "off" if not row.get("adapt_bn") else ("on" if row.get("eligible", True) else "on (not eligible)")
+        table.add_row(row["name"], str(row["views"]), row["weighting"], adapt, _pct(row["clean"]),
+                      _pct(row["shifted"]), _pct(row["score"]), "<- chosen" if row.get("chosen") else "")
     return table
 
 
@@ -67,7 +68,13 @@ def scores_table(results) -> Table:
         if any(suite in r.summary.get("suite_mean_accuracy", {}) for r in results):
             rows.append((f"mean {suite}", [_pct(r.summary["suite_mean_accuracy"].get(suite)) for r in results]))
     rows.append(("mean over shifts", [_pct(r.summary.get("shift_mean_accuracy")) for r in results]))
-    rows.append(("[bold]expected hidden score[/]", [
+    first = results[0].summary
+    if first.get("calibrated"):
+        mae = first.get("calibration_mae")
+        label = "[bold]expected hidden score[/]" + (f" (calibrated, MAE {mae:.2f})" if mae is not None else "")
+    else:
+        label = "[bold]expected hidden score[/] (uncalibrated: add --suite hidden)"
+    rows.append((label, [
         f"[bold]{_pct(r.summary.get('expected_hidden_accuracy'))}[/] "
         f"({_pct(r.summary['ci95'][0])}-{_pct(r.summary['ci95'][1])})" if r.summary.get("ci95") else "-"
         for r in results]))

@@ -71,6 +71,10 @@ class TTAPlan:
     choice: TTAChoice | None = None
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def adapt_bn(self) -> float | None:
+        return self.choice.adapt_bn if self.choice else None
+
 
 def package(options: PackageOptions, progress=print) -> PackageReport:
     """Build, validate (and optionally check under the server's versions), then publish the zip."""
@@ -184,7 +188,7 @@ def plan_tta(models: list, data: Dataset | None, options: PackageOptions, progre
 def fit_time_limit(tta: TTAPlan, models: list, probe: np.ndarray, batch_size: int) -> tuple[TTAPlan, np.ndarray]:
     """Time the plan on the probe images; an auto choice projected over ``TIME_SHARE`` of the limit for
     10,000 images is re-chosen with fewer views. Returns the plan and its in-process labels of the probe."""
-    expected, seconds_per_image = timed_predict(models, tta.weights, tta.views, batch_size, probe)
+    expected, seconds_per_image = timed_predict(models, tta.weights, tta.views, batch_size, probe, tta.adapt_bn)
     budget = TIME_SHARE * CODABENCH_TIME_LIMIT_S
     if tta.choice is None or seconds_per_image * PROJECTED_IMAGES <= budget:
         return tta, expected
@@ -192,7 +196,7 @@ def fit_time_limit(tta: TTAPlan, models: list, probe: np.ndarray, batch_size: in
     choice = tta.choice.limited_to(max_views)
     note = f"TTA limited to {len(choice.views)} views to stay well inside the {CODABENCH_TIME_LIMIT_S} s limit"
     limited = TTAPlan(choice.views, choice.member_weights, choice, [*tta.notes, note])
-    expected, _ = timed_predict(models, limited.weights, limited.views, batch_size, probe)
+    expected, _ = timed_predict(models, limited.weights, limited.views, batch_size, probe, limited.adapt_bn)
     return limited, expected
 
 
@@ -205,9 +209,9 @@ def probe_images(data: Dataset | None, seed: int) -> np.ndarray:
 
 
 def timed_predict(models: list, weights: list[float], views: tuple[str, ...], batch_size: int,
-                  probe: np.ndarray) -> tuple[np.ndarray, float]:
+                  probe: np.ndarray, adapt_bn: float | None = None) -> tuple[np.ndarray, float]:
     """In-process labels for ``probe`` and the seconds per image they took (after a warm-up)."""
-    ensemble = runtime.TTAEnsemble(models, weights, views, batch_size)
+    ensemble = runtime.TTAEnsemble(models, weights, views, batch_size, adapt_bn)
     ensemble.predict(probe[:8])
     start = time.perf_counter()
     labels = ensemble.predict(probe)
@@ -218,7 +222,7 @@ def write_draft(folder: Path, members: list[Member], tta: TTAPlan, batch_size: i
     """Stage the zip's files in ``folder`` and zip them there (the draft is published only once valid)."""
     staging = folder / "staging"
     staging.mkdir()
-    stage_files(staging, members, tta.views, tta.weights, batch_size, tta.choice)
+    stage_files(staging, members, tta.views, tta.weights, batch_size, tta.choice, tta.adapt_bn)
     return write_zip(staging, folder / "submission.zip")
 
 
@@ -240,7 +244,7 @@ def publish(draft: Path, out: Path) -> Path:
 
 
 def stage_files(staging: Path, members: list[Member], views: tuple[str, ...], weights: list[float],
-                batch_size: int, tta: TTAChoice | None) -> None:
+                batch_size: int, tta: TTAChoice | None, adapt_bn: float | None = None) -> None:
     shutil.copyfile(RUNTIME_SOURCE, staging / "model.py")
     entries = []
     for k, (member, weight) in enumerate(zip(members, weights)):
@@ -251,7 +255,7 @@ def stage_files(staging: Path, members: list[Member], views: tuple[str, ...], we
     manifest = {
         "format": runtime.WEIGHTS_FORMAT,
         "members": entries,
-        "tta": {"views": list(views), "selection": tta.table if tta else None},
+        "tta": {"views": list(views), "adapt_bn": adapt_bn, "selection": tta.table if tta else None},
         "batch_size": batch_size,
         "built_with": {"keras": keras.__version__},
     }

@@ -14,6 +14,7 @@ import numpy as np
 
 from tools.shift.an2dl import an2dl_shift, strengths_for
 from tools.shift.corruptions import CORRUPTIONS, SEVERITIES, corrupt
+from tools.shift.hidden import HIDDEN_LEVELS, hidden_shift
 from tools.shift.ops import check_images, check_level
 from train.errors import BcsubError
 
@@ -45,6 +46,9 @@ def _unshifted(images: np.ndarray, kind: str, level: int, seed: int) -> np.ndarr
 # Every suite, in report order.
 SUITE_REGISTRY: dict[str, Suite] = {
     "clean": Suite(lambda severities: [("clean", 0)], _unshifted),
+    # The calibrated stand-in for CodaBench's hidden set (levels 1..3, whatever the severities).
+    "hidden": Suite(lambda severities: [("hidden", k) for k in HIDDEN_LEVELS],
+                    lambda images, kind, level, seed: hidden_shift(images, level, seed)),
     "corruptions": Suite(lambda severities: [(c, v) for c in CORRUPTIONS for v in severities], corrupt),
     "an2dl": Suite(lambda severities: [("an2dl", k) for k in strengths_for(severities)],
                    lambda images, kind, level, seed: an2dl_shift(images, level, seed)),

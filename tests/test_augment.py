@@ -164,3 +164,33 @@ def test_batch_mixer_soft_labels_in_tf_data() -> None:
         assert labels.min() >= 0.0
         soft |= bool(((labels > 1e-3) & (labels < 1 - 1e-3)).any())
     assert soft
+
+
+def test_random_overlay_blends_a_picture_into_the_chosen_images() -> None:
+    from train.augment import RandomOverlay
+
+    x = tf.constant(_images(6))
+    pictures = np.full((3, 96, 96, 3), 10, np.uint8)
+    out = RandomOverlay(1.0, (0.5, 0.5), pictures, seed=1)(x, training=True).numpy()
+    np.testing.assert_allclose(out, 0.5 * x.numpy() + 5.0, atol=1e-3)
+    untouched = RandomOverlay(0.0, (0.5, 0.5), pictures, seed=1)(x, training=True).numpy()
+    np.testing.assert_array_equal(untouched, x.numpy())
+    # at 72 px (training below 96 px) the pictures are resized to the images
+    small = tf.image.resize(x, (72, 72))
+    assert RandomOverlay(1.0, (0.3, 0.6), pictures, seed=2)(small, training=True).shape == (6, 72, 72, 3)
+
+
+def test_random_erase_fills_one_grey_rectangle_per_chosen_image() -> None:
+    from train.augment import ERASE_SIDE, RandomErase
+
+    x = tf.constant(_images(8))
+    out = RandomErase(1.0, ERASE_SIDE, seed=3)(x, training=True).numpy()
+    for before, after in zip(x.numpy(), out):
+        changed = np.any(before != after, axis=-1)
+        ys, xs = np.nonzero(changed)
+        assert len(ys)
+        box = after[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+        assert np.ptp(box) == 0  # one flat grey
+        h, w = ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
+        lo, hi = ERASE_SIDE[0] * 96 - 2, ERASE_SIDE[1] * 96 + 2
+        assert lo <= h <= hi and lo <= w <= hi

@@ -28,6 +28,9 @@ AUGMENT_PRESETS: dict[str, Preset] = {
     "v2": Preset("v1 + rotation/zoom/shift (reflect) + colour & stain jitter + exposure + blur + noise + JPEG",
                  ("dihedral", "geometry", "colour", "degrade")),
     "v3": Preset("v2 + RandAugment", ("dihedral", "geometry", "randaugment", "colour", "degrade")),
+    "v4": Preset("v3 with the strong RandAugment (3 ops, magnitude 0.5) + overlays of unrelated pictures + "
+                 "erased rectangles: trained for the CodaBench hidden set",
+                 ("dihedral", "geometry", "randaugment_strong", "colour", "degrade", "overlay", "erase")),
     "hybrid": Preset("v1 + rotation/zoom/shift + AugMix (1/4 of each batch) or RandAugment (3/4) "
                      "+ v2 colour, exposure, blur, noise, JPEG; CutMix or MixUp per batch",
                      ("dihedral", "geometry", "augmix_or_randaugment", "colour", "degrade"), mix=True),

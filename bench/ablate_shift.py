@@ -1,0 +1,117 @@
+"""Ablation for issue 16: which training ingredients move the *calibrated* expected hidden score.
+
+Trains the CPU recipe's network (resnet-small at 72 px from scratch, class-balanced, no polish) for a fixed
+number of epochs (the same for every candidate, so machine load cannot bias the comparison) with each
+candidate augmentation, then scores it on pbc96_val — never pbc96_test — clean and shifted by the
+calibrated hidden shift (levels 1..3; the expected hidden score is level 2), with the 8 dihedral TTA
+views, without and with test-time BatchNorm adaptation. Writes ``bench/results/shift_ablation.json``.
+
+    python bench/ablate_shift.py train [--only NAME,...]   # resumable: finished runs are kept
+    python bench/ablate_shift.py score
+
+Not part of ``make bench`` (about 15 minutes of training per candidate on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT.parent / "shared" / "data"
+WORK = ROOT / "bench" / "runs" / "shift_ablation"
+RESULTS = ROOT / "bench" / "results" / "shift_ablation.json"
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+from train import config  # noqa: E402
+
+EPOCHS = int(os.environ.get("ABLATE_EPOCHS", "30"))
+V3 = ("dihedral", "geometry", "randaugment", "colour", "degrade")
+# name -> (parts, CutMix/MixUp per batch)
+CANDIDATES: dict[str, tuple[tuple[str, ...], bool]] = {
+    "v3 (the CPU recipe)": (V3, False),
+    "v3 + strong RandAugment": (("dihedral", "geometry", "randaugment_strong", "colour", "degrade"), False),
+    "v3 + overlay": (V3 + ("overlay",), False),
+    "v3 + erase": (V3 + ("erase",), False),
+    "v4 (all three)": (config.AUGMENT_PRESETS["v4"].parts, False),
+    "v4 + CutMix/MixUp": (config.AUGMENT_PRESETS["v4"].parts, True),
+}
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_")
+
+
+for _name, (_parts, _mix) in CANDIDATES.items():
+    config.AUGMENT_PRESETS.setdefault(slug(_name), config.Preset(_name, _parts, _mix))
+
+
+def train(only: list[str] | None) -> None:
+    from train.config import TrainConfig
+    from train.trainer import run_training
+
+    for name in CANDIDATES:
+        if only and slug(name) not in only:
+            continue
+        cfg = TrainConfig.from_options("cpu", data=str(DATA / "pbc96_train.npz"), val=str(DATA / "pbc96_val.npz"),
+                                       out=str(WORK / slug(name)), augment=slug(name), epochs=EPOCHS,
+                                       polish_epochs=0, time_budget_minutes=0.0)
+        print(f"== {name}", flush=True)
+        run_training(cfg)
+
+
+def score() -> dict:
+    from submission.model import DIHEDRAL_VIEWS, TTAEnsemble
+    from tools.package import load_models
+    from tools.shift.hidden import HIDDEN_LEVELS, hidden_shift
+    from tools.tta_select import ADAPT_PRIOR
+    from train.atomic import write_json
+    from train.runs import find_members, read_metrics
+
+    with np.load(DATA / "pbc96_val.npz", allow_pickle=False) as data:
+        images, labels = data["images"], data["labels"].astype(np.int64)
+    sets = {"clean": images, **{f"hidden@{k}": hidden_shift(images, k, seed=0) for k in HIDDEN_LEVELS}}
+    results: dict = {"epochs": EPOCHS, "data": "pbc96_val (991 images)", "views": "8 dihedral", "candidates": {}}
+    for name in CANDIDATES:
+        run = WORK / slug(name)
+        if not (run / "metrics.json").is_file():
+            continue
+        models = load_models(find_members(run))
+        row = {"train_minutes": read_metrics(run).get("train_seconds", 0) / 60}
+        for adapt in (None, ADAPT_PRIOR):
+            ensemble = TTAEnsemble(models, views=DIHEDRAL_VIEWS, adapt_bn=adapt)
+            acc = {k: float(np.mean(ensemble.predict(x) == labels)) for k, x in sets.items()}
+            row["adapted" if adapt else "plain"] = acc
+        results["candidates"][name] = row
+        print(name, json.dumps(row), flush=True)
+    base = results["candidates"].get("v3 (the CPU recipe)")
+    if base:
+        for row in results["candidates"].values():
+            row["delta_expected_vs_v3"] = row["plain"]["hidden@2"] - base["plain"]["hidden@2"]
+            row["delta_clean_vs_v3"] = row["plain"]["clean"] - base["plain"]["clean"]
+    write_json(RESULTS, results)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("step", choices=("train", "score"))
+    parser.add_argument("--only", default="")
+    args = parser.parse_args()
+    if not (DATA / "pbc96_train.npz").is_file():
+        print(f"skip: {DATA} not found")
+        return
+    if args.step == "train":
+        train([s for s in args.only.split(",") if s] or None)
+    else:
+        score()
+
+
+if __name__ == "__main__":
+    main()

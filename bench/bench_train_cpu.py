@@ -1,12 +1,13 @@
-"""Benchmark: `bcsub train --preset cpu` on PBC96 (2 CPU cores, 30 min budget), packaged with TTA, then
-local-scored on pbc96_test with the whole shift suite (issue: training that survives the hidden test).
+"""Benchmark: `bcsub train --preset cpu` on PBC96 (2 CPU cores; the preset plans its schedule for 30 minutes,
+packaging included), `bcsub package` (TTA chosen on the run's recorded validation split), then
+`bcsub local-score` on pbc96_test: the calibrated expected hidden score (clean + hidden suite, the command's
+default: goal under 5 minutes), then the diagnostic suites (corruptions and AN2DL-style at severities 1,3,5
+on a stratified BENCH_SHIFT_IMAGES, default 500, of the test images).
 
-Goal: training within 30 minutes; test accuracy >= 0.98 (packaged, TTA); mean shift-suite accuracy >= 0.93.
-The clean score uses all 1,982 test images; the shift suite (severities 1,3,5: 37 variants) a stratified
-BENCH_SHIFT_IMAGES (default 500) of them, to keep CPU scoring to minutes. Re-running resumes: a finished
-run is not retrained (its training time is read from metrics.json).
-Writes bench/results/train_cpu.json. Needs ../shared/data (skips otherwise). Env: BENCH_OUT (run dir),
-BENCH_TRAIN_ARGS (extra train options), BENCH_BUDGET_MIN (default 26).
+Goals (issue 16): train + package within 30 minutes on the machine it runs on; calibrated expected hidden
+score >= 0.90; clean test accuracy >= 0.985. Re-running resumes: a finished run is not retrained (its
+training time is read from metrics.json). Writes bench/results/train_cpu.json. Needs ../shared/data (skips
+otherwise). Env: BENCH_OUT (run dir), BENCH_TRAIN_ARGS (extra train options), BENCH_BUDGET_MIN (default 30).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import shlex
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,44 +35,52 @@ def bcsub(*args: str) -> float:
     return time.perf_counter() - start
 
 
+def summary_of(path: Path) -> dict:
+    return json.loads(path.read_text())["submissions"][0]["summary"]
+
+
 def main() -> None:
     if not (DATA / "pbc96_train.npz").is_file():
         print(f"skip: {DATA} not found")
         return
     out = Path(os.environ.get("BENCH_OUT", ROOT / "bench" / "runs" / "cpu"))
     extra = shlex.split(os.environ.get("BENCH_TRAIN_ARGS", ""))
-    budget = os.environ.get("BENCH_BUDGET_MIN", "28")
+    budget = float(os.environ.get("BENCH_BUDGET_MIN", "30"))
     zip_path = out.parent / f"{out.name}.zip"
-    clean_json = out.parent / f"{out.name}_clean.json"
-    shift_json = out.parent / f"{out.name}_shift.json"
-    bcsub("train", "--data", str(DATA / "pbc96_train.npz"), "--val", str(DATA / "pbc96_val.npz"),
-          "--preset", "cpu", "--time-budget", budget, "--out", str(out), *extra)
-    train_s = json.loads((out / "metrics.json").read_text())["train_seconds"]
-    package_s = bcsub("package", str(out), "--out", str(zip_path), "--val", str(DATA / "pbc96_val.npz"))
+    hidden_json, shift_json = out.parent / f"{out.name}_hidden.json", out.parent / f"{out.name}_shift.json"
+    fresh = not (out / "metrics.json").is_file()
+    train_s = bcsub("train", "--data", str(DATA / "pbc96_train.npz"), "--val", str(DATA / "pbc96_val.npz"),
+                    "--preset", "cpu", "--time-budget", str(budget), "--out", str(out), *extra)
+    if not fresh:
+        train_s = json.loads((out / "metrics.json").read_text())["train_seconds"]
+    package_s = bcsub("package", str(out), "--out", str(zip_path))
     test = str(DATA / "pbc96_test.npz")
-    score_s = bcsub("local-score", str(zip_path), "--data", test, "--suite", "clean", "--json", str(clean_json))
-    score_s += bcsub("local-score", str(zip_path), "--data", test, "--severities", "1,3,5", "--limit",
-                     os.environ.get("BENCH_SHIFT_IMAGES", "500"), "--json", str(shift_json),
-                     "--report", str(out.parent / f"{out.name}_report"))
-    clean = json.loads(clean_json.read_text())["submissions"][0]["summary"]
-    summary = json.loads(shift_json.read_text())["submissions"][0]["summary"]
-    summary["clean_accuracy"], summary["clean_macro_f1"] = clean["clean_accuracy"], clean["clean_macro_f1"]
-    config = json.loads((out / "config.json").read_text())
-    history = (out / "history.csv").read_text().strip().splitlines()
+    hidden_s = bcsub("local-score", str(zip_path), "--data", test, "--json", str(hidden_json))
+    shift_s = bcsub("local-score", str(zip_path), "--data", test, "--suite", "corruptions,an2dl",
+                    "--severities", "1,3,5", "--limit", os.environ.get("BENCH_SHIFT_IMAGES", "500"),
+                    "--json", str(shift_json), "--report", str(out.parent / f"{out.name}_report"))
+    hidden, shift = summary_of(hidden_json), summary_of(shift_json)
+    with zipfile.ZipFile(zip_path) as archive:
+        tta = json.loads(archive.read("bcsub_submission.json"))["tta"]
+    plan_file = out / "plan.json"
+    plan = json.loads(plan_file.read_text()) if plan_file.is_file() else None
     result = {
         "device": f"CPU ({os.cpu_count()} cores)",
-        "config": config,
-        "epochs_run": len(history) - 1,
-        "train_wall_s": train_s, "package_wall_s": package_s, "local_score_wall_s": score_s,
+        "config": json.loads((out / "config.json").read_text()),
+        "plan": plan,
+        "train_wall_s": train_s, "package_wall_s": package_s, "train_and_package_min": (train_s + package_s) / 60,
         "val_accuracy": json.loads((out / "metrics.json").read_text())["accuracy"],
-        "test_accuracy_tta": summary["clean_accuracy"], "test_macro_f1": summary["clean_macro_f1"],
-        "shift_mean_accuracy": summary["shift_mean_accuracy"], "suite_means": summary["suite_mean_accuracy"],
-        "expected_hidden": summary.get("expected_hidden_accuracy"), "ci95": summary.get("ci95"),
-        "tta_views": json.loads(subprocess.run(["unzip", "-p", str(zip_path), "bcsub_submission.json"],
-                                               capture_output=True, text=True).stdout)["tta"]["views"],
-        "goals": {"train_within_30_min": train_s <= 1800,
-                  "test_accuracy>=0.98": summary["clean_accuracy"] >= 0.98,
-                  "shift_mean>=0.93": (summary["shift_mean_accuracy"] or 0) >= 0.93},
+        "test_accuracy_tta": hidden["clean_accuracy"], "test_macro_f1": hidden["clean_macro_f1"],
+        "expected_hidden": hidden.get("expected_hidden_accuracy"), "ci95": hidden.get("ci95"),
+        "hidden_levels": hidden.get("suite_mean_accuracy"), "calibration_mae": hidden.get("calibration_mae"),
+        "expected_hidden_wall_s": hidden_s,
+        "diagnostic_suite_means": shift["suite_mean_accuracy"], "diagnostic_shift_mean": shift["shift_mean_accuracy"],
+        "diagnostic_wall_s": shift_s,
+        "tta_views": tta["views"], "tta_adapt_bn": tta.get("adapt_bn"),
+        "goals": {"train_and_package_within_30_min": train_s + package_s <= budget * 60,
+                  "expected_hidden>=0.90": (hidden.get("expected_hidden_accuracy") or 0) >= 0.90,
+                  "test_accuracy>=0.985": (hidden["clean_accuracy"] or 0) >= 0.985,
+                  "expected_hidden_under_5_min": hidden_s <= 300},
     }
     write_json(ROOT / "bench" / "results" / "train_cpu.json", result)
     print(json.dumps(result, indent=2))

@@ -1,9 +1,11 @@
 """Child process of the CodaBench ingestion replica. Standard library and numpy only.
 
-Run as ``python ingest_worker.py SUBMISSION_DIR JOB_DIR``, from a working directory that is neither
-of them. It does what the CodaBench ingestion program does — ``sys.path.append(submission_dir);
-from model import Model; Model().predict(X)`` with the whole array in one call — for every input listed
-in ``JOB_DIR/inputs.json``, and writes ``JOB_DIR/result.json`` plus one ``pred_<name>.npy`` per input.
+Run as ``python ingest_worker.py SUBMISSION_DIR JOB_DIR ATTEMPT``, normally from SUBMISSION_DIR as the
+working directory (the parent chooses). It does what the CodaBench ingestion program does —
+``sys.path.append(submission_dir); from model import Model; Model().predict(X)`` with the whole array
+in one call — for every input listed in ``JOB_DIR/inputs_<ATTEMPT>.json``, and writes
+``JOB_DIR/result_<ATTEMPT>.json`` plus one ``pred_<name>.npy`` per input. Before each predict it records
+which input it is on and when it started, so the parent can apply the time limit to that prediction.
 Errors are written to the result, never raised: the parent reports them.
 """
 
@@ -48,19 +50,21 @@ class PeakMemory:
         self.peak = max(self.peak, _rss_mb())
 
 
-def _write(job_dir: str, result: dict) -> None:
-    tmp = os.path.join(job_dir, ".result.json.tmp")
+def _write(path: str, result: dict) -> None:
+    tmp = path + ".tmp"
     with open(tmp, "w") as handle:
         json.dump(result, handle, indent=2)
-    os.replace(tmp, os.path.join(job_dir, "result.json"))
+    os.replace(tmp, path)
 
 
-def main(submission_dir: str, job_dir: str) -> int:
+def main(submission_dir: str, job_dir: str, attempt: str = "0") -> int:
     import numpy as np
 
-    result: dict = {"stage": "import", "ok": False, "variants": {}, "python": sys.version.split()[0]}
-    _write(job_dir, result)
-    with open(os.path.join(job_dir, "inputs.json")) as handle:
+    result_path = os.path.join(job_dir, f"result_{attempt}.json")
+    result: dict = {"stage": "import", "ok": False, "variants": {}, "python": sys.version.split()[0],
+                    "cwd": os.getcwd()}
+    _write(result_path, result)
+    with open(os.path.join(job_dir, f"inputs_{attempt}.json")) as handle:
         inputs = json.load(handle)
     start = time.perf_counter()
     try:
@@ -72,7 +76,7 @@ def main(submission_dir: str, job_dir: str) -> int:
     except BaseException:  # noqa: BLE001 - report anything the submission raises
         result["error"] = traceback.format_exc()
         result["init_seconds"] = time.perf_counter() - start
-        _write(job_dir, result)
+        _write(result_path, result)
         return 0
     result["init_seconds"] = time.perf_counter() - start
     result["stage"] = "predict"
@@ -82,32 +86,46 @@ def main(submission_dir: str, job_dir: str) -> int:
         module = sys.modules.get(name)
         versions[name] = getattr(module, "__version__", None) if module else None
     result["versions"] = versions
-    _write(job_dir, result)
     for entry in inputs:
         name = entry["name"]
         X = np.load(entry["path"], allow_pickle=False)
         record: dict = {"n": int(len(X)), "rss_before_mb": _rss_mb()}
+        result["current"], result["current_started"] = name, time.time()
+        _write(result_path, result)
         try:
             with PeakMemory() as memory:
                 t0 = time.perf_counter()
                 y = model.predict(X)
                 record["seconds"] = time.perf_counter() - t0
             record["peak_rss_mb"] = memory.peak
-            y = np.asarray(y)
-            record["output_shape"] = list(y.shape)
-            record["output_dtype"] = str(y.dtype)
-            np.save(os.path.join(job_dir, f"pred_{name}.npy"), y, allow_pickle=False)
         except BaseException:  # noqa: BLE001
             record["error"] = traceback.format_exc()
+        else:
+            _save_output(y, os.path.join(job_dir, f"pred_{name}.npy"), record)
         result["variants"][name] = record
+        result["current"] = None
         del X
-        _write(job_dir, result)
+        _write(result_path, result)
     result["ok"] = True
     result["stage"] = "done"
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    _write(job_dir, result)
+    _write(result_path, result)
     return 0
 
 
+def _save_output(y, path: str, record: dict) -> None:
+    """Save what predict returned as a numeric array; anything else is recorded as an output error."""
+    import numpy as np
+
+    try:
+        y = np.asarray(y)
+        record["output_shape"] = list(y.shape)
+        record["output_dtype"] = str(y.dtype)
+        np.save(path, y, allow_pickle=False)
+    except BaseException as err:  # noqa: BLE001
+        record["output_error"] = (f"predict returned {type(y).__name__}, not a numeric array "
+                                  f"({type(err).__name__}: {err}); return a numpy array of integer labels")
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1], sys.argv[2]))
+    sys.exit(main(*sys.argv[1:4]))

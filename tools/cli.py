@@ -75,7 +75,7 @@ def package(
     check_env: Annotated[bool, typer.Option(help="Also validate under tensorflow 2.17 / keras 3.4.1")] = False,
 ) -> None:
     """Build the CodaBench zip and validate it in a fresh process."""
-    from tools.display import checks_table, console, tta_table
+    from tools.display import checks_table, console, print_warnings, tta_table
     from tools.package import PackageOptions
     from tools.package import package as build
 
@@ -86,10 +86,11 @@ def package(
         console.print(tta_table(report.tta))
     for note in report.notes:
         console.print(f"[yellow]note:[/] {note}")
-    console.print(checks_table(report.validation, "Validation (fresh process)"))
+    console.print(checks_table(report.validation, "Validation (fresh process, as the ingestion runs it)"))
     if report.compat:
         versions = ", ".join(f"{k} {v}" for k, v in report.compat.versions.items())
         console.print(checks_table(report.compat, f"Validation under the server's versions ({versions})"))
+    print_warnings(report.validation)
     size_mb = report.zip_path.stat().st_size / 2**20
     console.print(f"[bold green]wrote {report.zip_path}[/] ({size_mb:.1f} MB, {len(report.members)} member(s), "
                   f"{len(report.views)} TTA views, {report.validation.seconds_per_1000:.1f} s per 1,000 images)")
@@ -97,26 +98,29 @@ def package(
 
 @app.command()
 def check(
-    zip_path: Annotated[Path, typer.Argument(help="A submission zip")],
+    zip_path: Annotated[Path, typer.Argument(help="A submission zip (bcsub's or any other)")],
     env: Annotated[bool, typer.Option("--env", help="Also run it under tensorflow 2.17 / keras 3.4.1")] = False,
 ) -> None:
-    """Validate an existing submission zip (layout, imports, fresh-process run, speed)."""
-    from tools.display import checks_table, console
-    from tools.package import probe_images, validate_zip
-    from tools.validate import first_failure
+    """Validate any submission zip: blocking checks (what decides a CodaBench run) and advisory ones."""
+    from tools.display import checks_table, console, print_warnings
+    from tools.package import probe_images
+    from tools.validate import describe_failure, validate_zip
     from train.data import load_dataset
 
     sample = Path(__file__).resolve().parent.parent / "data" / "sample" / "test.npz"
-    probe = probe_images(load_dataset(sample) if sample.is_file() else None, seed=0)
+    probe = load_dataset(sample).images if sample.is_file() else probe_images(None, seed=0)
     report, compat = validate_zip(zip_path, probe, None, check_env=env)
     console.print(checks_table(report, f"{zip_path}"))
     if compat:
         versions = ", ".join(f"{k} {v}" for k, v in compat.versions.items())
         console.print(checks_table(compat, f"under the server's versions ({versions})"))
-    failed = first_failure(report, compat)
+    print_warnings(report)
+    failed = describe_failure(report, compat)
     if failed:
-        raise BcsubError(f"{zip_path}: failed '{failed.name}': {failed.detail}")
-    console.print(f"[bold green]{zip_path} passed[/] ({report.seconds_per_1000:.1f} s per 1,000 images)")
+        raise BcsubError(f"{zip_path}: {failed}")
+    console.print(f"[bold green]{zip_path} passed[/] the blocking checks ({report.seconds_per_1000:.1f} s per "
+                  f"1,000 images; projected {report.projected_seconds:.0f} s for 10,000 images"
+                  + (", also under the server's versions)" if compat else ")"))
 
 
 @app.command("local-score")
@@ -135,7 +139,9 @@ def local_score(
     seed: Annotated[int, typer.Option(help="Seed of the shifted variants")] = 0,
 ) -> None:
     """Run zips like the CodaBench ingestion and score them on clean and shifted data."""
-    from tools.display import console, per_class_table, scores_table
+    from rich.markup import escape
+
+    from tools.display import console, per_class_table, run_failures, scores_table
     from tools.local_score import ScoreOptions, to_json
     from tools.local_score import local_score as run
     from train.atomic import write_json
@@ -159,8 +165,16 @@ def local_score(
 
         dataset, results = run(options, show)
     for r in results:
-        if r.run.error:
-            console.print(f"[red]{r.zip_path}: {r.run.status}[/]\n{r.run.error}")
+        failures = run_failures(r)
+        if failures:
+            console.print(f"[red]{r.zip_path}: {len(r.run.failed_variants())} of {len(r.variants)} variants failed; "
+                          "the others keep their scores[/]")
+            for line in failures:
+                console.print(f"  [red]{escape(line)}[/]")
+            if not r.scores:
+                console.print(escape(r.run.error))
+        for warning in r.summary.get("warnings", []):
+            console.print(f"[yellow]{r.zip_path}: advisory: {escape(warning)} (still scored)[/]")
     scored = [r for r in results if r.scores]
     if scored:
         console.print(scores_table(scored))

@@ -10,7 +10,9 @@ from pathlib import Path
 
 from train.errors import BcsubError
 
-SERVER_REQUIREMENTS = ("tensorflow-cpu==2.17.0", "keras==3.4.1", "numpy<2")
+SERVER_VERSIONS = {"tensorflow": "2.17.0", "keras": "3.4.1", "numpy": "<2"}
+SERVER_REQUIREMENTS = (f"tensorflow-cpu=={SERVER_VERSIONS['tensorflow']}", f"keras=={SERVER_VERSIONS['keras']}",
+                       f"numpy{SERVER_VERSIONS['numpy']}")
 DEFAULT_ROOT = Path(os.environ.get("BCSUB_CACHE", Path.home() / ".cache" / "bcsub"))
 ENV_NAME = "codabench-tf2.17-keras3.4.1"
 READY_MARKER = ".bcsub-ready"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from tools.shift.suite import SHIFT_SUITES
@@ -12,6 +13,24 @@ console = Console()
 
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
+
+
+def _num(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def run_failures(result) -> list[str]:
+    """What went wrong in one zip's run, one line per failed variant (one line when all failed alike)."""
+    from tools.load_error import summarise_error
+
+    failed = result.run.failed_variants()
+    if not failed:
+        return []
+    statuses = {result.run.variants[name]["status"] for name in failed}
+    if len(failed) == len(result.run.variants) and len(set(failed.values())) == 1:
+        return [f"every variant: {statuses.pop()}: {summarise_error(next(iter(failed.values()))).cause}"]
+    return [f"{name}: {result.run.variants[name]['status']}: {summarise_error(error).cause}"
+            for name, error in failed.items()]
 
 
 def training_table(results) -> Table:
@@ -46,12 +65,19 @@ def tta_table(choice) -> Table:
 
 def checks_table(report, title: str) -> Table:
     table = Table(title=title)
-    for column in ("check", "result", "detail"):
+    for column in ("check", "kind", "result", "detail"):
         table.add_column(column)
     for check in report.checks:
         mark = "[green]ok[/]" if check.ok else ("[yellow]warn[/]" if check.warning else "[red]FAIL[/]")
-        table.add_row(check.name, mark, check.detail)
+        table.add_row(check.name, "advisory" if check.advisory else "blocking", mark, escape(check.detail))
     return table
+
+
+def print_warnings(report) -> None:
+    """One yellow line per failed advisory check, with its fix (they do not fail the zip)."""
+    for check in report.warnings():
+        console.print(f"[yellow]warning (advisory, CodaBench does not need it): {check.name}: "
+                      f"{escape(check.detail)}[/]")
 
 
 def scores_table(results) -> Table:
@@ -78,8 +104,13 @@ def scores_table(results) -> Table:
         f"[bold]{_pct(r.summary.get('expected_hidden_accuracy'))}[/] "
         f"({_pct(r.summary['ci95'][0])}-{_pct(r.summary['ci95'][1])})" if r.summary.get("ci95") else "-"
         for r in results]))
-    rows.append(("init / predict s", [f"{r.summary.get('init_seconds') or 0:.1f} / "
-                                      f"{r.summary.get('predict_seconds') or 0:.1f}" for r in results]))
+    rows.append(("variants failed", [str(len(r.summary.get("variants_failed", {}))) for r in results]))
+    rows.append(("Model() s / predict s", [f"{r.summary.get('init_seconds') or 0:.1f} / "
+                                           f"{r.summary.get('predict_seconds') or 0:.1f}" for r in results]))
+    rows.append(("s per 1,000 images", [_num(r.summary.get("seconds_per_1000_images"), ".2f") for r in results]))
+    rows.append(("projected 10,000 images", [
+        f"{_num(r.summary.get('projected_seconds_10000_images'), '.0f')} s (limit "
+        f"{r.summary.get('time_limit_seconds', 0):.0f} s)" for r in results]))
     rows.append(("images/s", [f"{r.summary.get('images_per_second') or 0:.0f}" for r in results]))
     rows.append(("peak memory MB", [f"{r.summary.get('peak_rss_mb') or 0:.0f}" for r in results]))
     for name, values in rows:

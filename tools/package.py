@@ -16,16 +16,13 @@ import keras
 import numpy as np
 
 import submission.model as runtime
-from tools.harness import safe_extract
 from tools.tta_select import CANDIDATE_VIEW_SETS, TTAChoice, choose_tta, shifted_eval_sets
 from tools.validate import (
     CODABENCH_TIME_LIMIT_S,
     PROJECTED_IMAGES,
     ValidationReport,
-    check_imports,
-    check_layout,
-    first_failure,
-    validate_extracted,
+    describe_failure,
+    validate_zip,
 )
 from train.atomic import atomic_output
 from train.config import TrainConfig
@@ -228,11 +225,11 @@ def write_draft(folder: Path, members: list[Member], tta: TTAPlan, batch_size: i
 
 def check_draft(draft: Path, probe: np.ndarray, expected: np.ndarray,
                 check_env: bool) -> tuple[ValidationReport, ValidationReport | None]:
-    """Every check of the draft zip; the first failure stops packaging."""
+    """Every check of the draft zip; the first blocking failure stops packaging (advisories are reported)."""
     validation, compat = validate_zip(draft, probe, expected, check_env=check_env)
-    failed = first_failure(validation, compat)
+    failed = describe_failure(validation, compat)
     if failed:
-        raise BcsubError(f"the packaged submission failed the check '{failed.name}': {failed.detail}")
+        raise BcsubError(f"the packaged submission {failed}")
     return validation, compat
 
 
@@ -268,22 +265,3 @@ def write_zip(staging: Path, out: Path) -> Path:
         for file in sorted(staging.iterdir()):
             archive.write(file, arcname=file.name)
     return out
-
-
-def validate_zip(zip_path: Path, probe: np.ndarray, expected: np.ndarray | None = None,
-                 check_env: bool = False) -> tuple[ValidationReport, ValidationReport | None]:
-    """All checks of a zip: layout, imports, fresh-process run; optionally under the server's versions."""
-    report = ValidationReport()
-    compat = None
-    with tempfile.TemporaryDirectory(prefix="bcsub_check_") as tmp:
-        program = Path(tmp) / "ingested_program"
-        safe_extract(zip_path, program)
-        if not check_layout(zip_path, report) or not check_imports(program / "model.py", report):
-            return report, None
-        validate_extracted(program, probe, expected, report)
-        if check_env and report.ok:
-            from tools.compat_env import compat_python
-
-            compat = ValidationReport()
-            validate_extracted(program, probe, expected, compat, python=str(compat_python()))
-    return report, compat

@@ -58,12 +58,18 @@ def template_model_py(scale: float = 1.0) -> str:
 
 def write_template_zip(model, zip_path: str | Path, scale: float = 1.0, model_py: str | None = None) -> Path:
     """Save ``model`` as ``weights.keras`` and zip it flat with the template ``model.py``."""
-    zip_path = Path(zip_path)
-    zip_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bcsub_template_") as tmp:
         weights = Path(tmp) / "weights.keras"
         model.save(weights)
-        with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            archive.writestr("model.py", model_py if model_py is not None else template_model_py(scale))
-            archive.write(weights, arcname="weights.keras")
+        return zip_submission(zip_path, model_py if model_py is not None else template_model_py(scale), [weights])
+
+
+def zip_submission(zip_path: str | Path, model_py: str, files: list[Path]) -> Path:
+    """Zip ``model_py`` (as ``model.py``) and ``files`` flat, the way a team uploads them."""
+    zip_path = Path(zip_path)
+    zip_path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("model.py", model_py)
+        for file in files:
+            archive.write(file, arcname=Path(file).name)
     return zip_path

@@ -1,22 +1,40 @@
-"""Checks a submission must pass before it is called done (used by `bcsub package` and `bcsub check`)."""
+"""The checks a submission zip must pass (used by `bcsub package` and `bcsub check`), of two kinds.
+
+Blocking checks decide a CodaBench run: flat layout, ``import model``, ``Model()``, predict on a realistic
+batch of real images (run as the ingestion runs it, from the submission folder), the output contract, and
+the projected time for 10,000 images against the limit; with ``--env``, the same run under the server's
+tensorflow 2.17 / keras 3.4.1 / numpy < 2. Advisory checks are good practice that CodaBench does not need:
+n=0, n=1, determinism, float input, no reliance on the working directory, size, the imports' availability.
+An advisory failure is a warning with its fix; it never stops the blocking checks, and only blocking
+failures fail a zip.
+"""
 
 from __future__ import annotations
 
 import ast
 import sys
+import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from tools.harness import IngestionResult, run_submission
+from tools.harness import (
+    DEFAULT_TIME_LIMIT_S,
+    PROJECTED_IMAGES,
+    IngestionResult,
+    projected_seconds,
+    run_submission,
+    safe_extract,
+)
+from tools.load_error import summarise_error
 
-CODABENCH_TIME_LIMIT_S = 600
-PROJECTED_IMAGES = 10_000
+CODABENCH_TIME_LIMIT_S = DEFAULT_TIME_LIMIT_S
 SIZE_WARNING_MB = 300
 ALLOWED_IMPORTS = {"numpy", "tensorflow", "keras"}
 PROJECT_PACKAGES = {"train", "tools", "submission", "bcsub"}
+CWD_PROBE_IMAGES = 4
 
 
 @dataclass
@@ -24,7 +42,11 @@ class Check:
     name: str
     ok: bool
     detail: str
-    warning: bool = False  # a warning does not fail the submission
+    advisory: bool = False  # good practice only: a failure is a warning and does not fail the zip
+
+    @property
+    def warning(self) -> bool:
+        return self.advisory and not self.ok
 
 
 @dataclass
@@ -32,24 +54,38 @@ class ValidationReport:
     checks: list[Check] = field(default_factory=list)
     seconds_per_1000: float | None = None
     init_seconds: float | None = None
+    projected_seconds: float | None = None
     zip_mb: float | None = None
     versions: dict = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
-        return all(c.ok or c.warning for c in self.checks)
+        """Every blocking check passed (advisory ones may have failed)."""
+        return not self.failures()
 
-    def add(self, name: str, ok: bool, detail: str, warning: bool = False) -> bool:
-        self.checks.append(Check(name, ok, detail, warning and not ok))
+    def add(self, name: str, ok: bool, detail: str, advisory: bool = False) -> bool:
+        self.checks.append(Check(name, ok, detail, advisory))
         return ok
 
     def failures(self) -> list[Check]:
-        return [c for c in self.checks if not c.ok and not c.warning]
+        return [c for c in self.checks if not c.ok and not c.advisory]
+
+    def warnings(self) -> list[Check]:
+        return [c for c in self.checks if c.warning]
 
 
 def first_failure(*reports: ValidationReport | None) -> Check | None:
-    """The first failed (non-warning) check over several reports, or None when all passed."""
+    """The first failed blocking check over several reports, or None when all passed."""
     return next((c for r in reports if r is not None for c in r.failures()), None)
+
+
+def describe_failure(report: ValidationReport, compat: ValidationReport | None) -> str | None:
+    """One line for the first failed blocking check (saying when it failed under the server's versions)."""
+    failed = first_failure(report)
+    where = ""
+    if failed is None and compat is not None and (failed := first_failure(compat)):
+        where = " under " + ", ".join(f"{k} {v}" for k, v in compat.versions.items())
+    return None if failed is None else f"failed '{failed.name}'{where}: {failed.detail}"
 
 
 def check_layout(zip_path: Path, report: ValidationReport) -> bool:
@@ -64,7 +100,7 @@ def check_layout(zip_path: Path, report: ValidationReport) -> bool:
     report.add("zip size", report.zip_mb <= SIZE_WARNING_MB,
                f"{report.zip_mb:.1f} MB" + ("" if report.zip_mb <= SIZE_WARNING_MB else
                                             f" (over {SIZE_WARNING_MB} MB: uploads may fail; use fewer or "
-                                            "smaller members)"), warning=True)
+                                            "smaller members)"), advisory=True)
     return ok
 
 
@@ -79,51 +115,147 @@ def imported_modules(source: str) -> set[str]:
     return modules
 
 
-def check_imports(model_py: Path, report: ValidationReport) -> bool:
-    modules = imported_modules(model_py.read_text()) - {"__future__"}
-    stdlib = set(sys.stdlib_module_names)
-    foreign = sorted(m for m in modules if m not in ALLOWED_IMPORTS and m not in stdlib)
-    project = sorted(modules & PROJECT_PACKAGES)
-    bad = project or foreign
-    return report.add("imports", not bad,
-                      "only numpy, tensorflow, keras and the standard library" if not bad else
-                      f"model.py imports {bad}, which the server does not have; keep it self-contained")
+def check_imports(program: Path, report: ValidationReport) -> bool:
+    """bcsub's own packages are blocking (they import here only because bcsub is installed); other
+    packages are advisory (the server's set is unknown; ``--env`` runs without them)."""
+    try:
+        modules = imported_modules((program / "model.py").read_text()) - {"__future__"}
+    except SyntaxError as err:
+        return report.add("imports", False, f"model.py does not parse: {err}")
+    local = {path.stem for path in program.glob("*.py")}
+    project = sorted(modules & PROJECT_PACKAGES - local)
+    report.add("imports", not project, "no bcsub package" if not project else
+               f"model.py imports {project}, which exist here only because bcsub is installed; keep it "
+               "self-contained")
+    foreign = sorted(m for m in modules - local - PROJECT_PACKAGES
+                     if m not in ALLOWED_IMPORTS and m not in sys.stdlib_module_names)
+    report.add("imports available", not foreign,
+               "only numpy, tensorflow, keras and the standard library" if not foreign else
+               f"model.py imports {foreign}, which the server may lack (--env runs without them)", advisory=True)
+    return not project
+
+
+def _error_detail(error: str, server_keras: str | None) -> str:
+    """The cause of a failure, verbatim; under the server's versions, with the one-line fix."""
+    summary = summarise_error(error)
+    return summary.cause if server_keras is None else f"{summary.cause} -- fix: {summary.server_fix(server_keras)}"
+
+
+def _check_started(result: IngestionResult, report: ValidationReport, server_keras: str | None) -> bool:
+    """The blocking `import model` and `Model()` checks."""
+    if result.status == "import_error":
+        report.add("import model", False, _error_detail(result.error, server_keras))
+        return False
+    report.add("import model", True, "from model import Model (the submission folder on sys.path)")
+    if not result.init_ok:
+        report.add("Model()", False, _error_detail(result.error, server_keras))
+        return False
+    report.add("Model()", True, f"{result.init_seconds:.1f} s, from the submission folder as working directory")
+    return True
 
 
 def validate_extracted(program: Path, probe: np.ndarray, expected: np.ndarray | None,
                        report: ValidationReport, python: str | None = None,
-                       time_limit: float = CODABENCH_TIME_LIMIT_S) -> IngestionResult:
-    """Run the unzipped submission in a fresh process and check its answers and speed."""
-    inputs = {"probe": probe, "probe_again": probe, "probe_float": probe.astype(np.float32),
-              "single": probe[:1], "empty": probe[:0]}
+                       time_limit: float = CODABENCH_TIME_LIMIT_S, server_keras: str | None = None,
+                       advisory: bool = True) -> IngestionResult:
+    """Run the unzipped submission as the ingestion does and add the blocking checks of its answers and
+    speed; with ``advisory``, also n=0, n=1, determinism and float input. ``server_keras`` (the
+    server-version run) adds the one-line fix to a failure."""
+    inputs = {"probe": probe, "probe_again": probe}
+    if advisory:
+        inputs |= {"probe_float": probe.astype(np.float32), "single": probe[:1], "empty": probe[:0]}
     result = run_submission(program, inputs, time_limit=time_limit, python=python)
     report.init_seconds = result.init_seconds
-    report.versions = result.versions
-    if not report.add("runs in a fresh process", result.status in ("ok", "predict_error"),
-                      "Model() loads from another working directory" if result.status in ("ok", "predict_error")
-                      else f"{result.status}: {result.error}"):
+    report.versions = result.versions or report.versions
+    if not _check_started(result, report, server_keras):
         return result
-    failures = result.failed_variants()
-    report.add("output shape/dtype/range", not failures,
-               "int labels (n,) in 0..7 for uint8, float, n=1 and n=0 inputs" if not failures else
-               "; ".join(f"{name}: {err.strip().splitlines()[-1]}" for name, err in failures.items()))
-    if failures:
+    record = result.variants["probe"]
+    if not report.add(f"predict ({len(probe)} images)", record["status"] in ("ok", "bad_output"),
+                      f"one call in {record.get('seconds', 0):.1f} s" if "seconds" in record else
+                      f"{record['status']}: {_error_detail(record['error'], server_keras)}"):
         return result
-    preds = result.predictions
-    report.add("deterministic", np.array_equal(preds["probe"], preds["probe_again"]),
-               "same labels twice" if np.array_equal(preds["probe"], preds["probe_again"]) else
-               "two calls on the same images gave different labels; avoid random ops at inference")
-    same_float = float(np.mean(preds["probe"] == preds["probe_float"]))
-    report.add("uint8 and float agree", same_float >= 0.99, f"{same_float:.1%} of labels agree")
+    if not report.add("output contract", record["status"] == "ok",
+                      "(n,) integer labels 0..7" if record["status"] == "ok" else record["error"]):
+        return result
+    if record.get("warnings"):
+        report.add("output format", False, "; ".join(record["warnings"]), advisory=True)
+    again = result.variants["probe_again"]
+    per_image = (again if again["status"] == "ok" else record)["seconds"] / max(1, len(probe))
+    report.seconds_per_1000 = per_image * 1000
+    report.projected_seconds = projected_seconds(result.init_seconds, per_image)
+    report.add(f"time for {PROJECTED_IMAGES:,} images", report.projected_seconds <= time_limit,
+               f"projected {report.projected_seconds:.0f} s = Model() {result.init_seconds:.1f} s + "
+               f"{report.seconds_per_1000:.1f} s per 1,000 images (limit {time_limit:.0f} s)"
+               + ("" if report.projected_seconds <= time_limit else
+                  "; use fewer TTA views (--tta) or fewer/smaller members"))
     if expected is not None:
-        agree = float(np.mean(preds["probe"] == expected))
+        agree = float(np.mean(result.predictions["probe"] == expected))
         report.add("matches in-process prediction", agree >= 0.98,
                    f"{agree:.1%} of labels agree" + ("" if agree >= 0.98 else
                                                      "; the zip does not hold the trained weights"))
-    steady = result.variants["probe_again"]["seconds"]
-    report.seconds_per_1000 = steady / max(1, len(probe)) * 1000
-    projected = (result.init_seconds or 0) + report.seconds_per_1000 * PROJECTED_IMAGES / 1000
-    report.add("time limit", projected <= time_limit,
-               f"projected {projected:.0f} s for {PROJECTED_IMAGES:,} images (limit {time_limit:.0f} s)"
-               + ("" if projected <= time_limit else "; use fewer TTA views (--tta) or fewer/smaller members"))
+    if advisory:
+        _advisory_checks(result, report)
     return result
+
+
+def _advisory_checks(result: IngestionResult, report: ValidationReport) -> None:
+    """n=0, n=1, determinism and float input: CodaBench sends none of these twice, but a sound model.py copes."""
+    preds, records = result.predictions, result.variants
+
+    def answered(name: str) -> str | None:
+        record = records[name]
+        return None if record["status"] == "ok" else f"{record['status']}: {_error_detail(record['error'], None)}"
+
+    problem = answered("empty")
+    report.add("n=0", problem is None, "an empty batch gives an empty answer" if problem is None else
+               f"{problem} (CodaBench never sends an empty batch; to be safe, return np.zeros(0, int) "
+               "when len(X) == 0)", advisory=True)
+    problem = answered("single")
+    report.add("n=1", problem is None, "one image gives one label" if problem is None else
+               f"{problem}; make predict work on a batch of one", advisory=True)
+    if "probe_again" in preds:
+        same = np.array_equal(preds["probe"], preds["probe_again"])
+        report.add("deterministic", same, "same labels twice" if same else
+                   "two calls on the same images gave different labels; avoid random ops at inference",
+                   advisory=True)
+    problem = answered("probe_float")
+    if problem is None:
+        agree = float(np.mean(preds["probe"] == preds["probe_float"]))
+        report.add("float input", agree >= 0.99, f"{agree:.1%} of labels agree with uint8 input" +
+                   ("" if agree >= 0.99 else "; cast X to one dtype before predicting"), advisory=True)
+    else:
+        report.add("float input", False, f"{problem}; accept float32 pixels 0-255 as well as uint8", advisory=True)
+
+
+def check_working_directory(program: Path, probe: np.ndarray, report: ValidationReport,
+                            python: str | None = None) -> None:
+    """Advisory: ``Model()`` and predict also work from another working directory."""
+    with tempfile.TemporaryDirectory(prefix="bcsub_cwd_") as elsewhere:
+        result = run_submission(program, {"few": probe[:CWD_PROBE_IMAGES]}, python=python, cwd=Path(elsewhere))
+    report.add("working directory", result.ok, "also runs from another working directory" if result.ok else
+               f"fails from another working directory ({summarise_error(result.error).cause}): it loads files "
+               "relative to the working directory, which CodaBench sets to the submission folder; to be "
+               "safe, use os.path.join(os.path.dirname(__file__), name)", advisory=True)
+
+
+def validate_zip(zip_path: Path, probe: np.ndarray, expected: np.ndarray | None = None,
+                 check_env: bool = False) -> tuple[ValidationReport, ValidationReport | None]:
+    """Every check of a zip: layout and imports, the replica run and the advisory checks; with
+    ``check_env`` the blocking run again under the server's versions (whatever the advisories said)."""
+    report = ValidationReport()
+    compat = None
+    with tempfile.TemporaryDirectory(prefix="bcsub_check_") as tmp:
+        program = Path(tmp) / "ingested_program"
+        safe_extract(zip_path, program)
+        if not check_layout(zip_path, report) or not check_imports(program, report):
+            return report, None
+        validate_extracted(program, probe, expected, report)
+        if any(c.name == "Model()" and c.ok for c in report.checks):
+            check_working_directory(program, probe, report)
+        if check_env:
+            from tools.compat_env import SERVER_VERSIONS, compat_python
+
+            compat = ValidationReport(versions=dict(SERVER_VERSIONS))
+            validate_extracted(program, probe, expected, compat, python=str(compat_python()),
+                               server_keras=SERVER_VERSIONS["keras"], advisory=False)
+    return report, compat

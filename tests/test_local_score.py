@@ -53,3 +53,34 @@ def test_expected_hidden_score_falls_back_to_clean_and_widens_with_fewer_images(
     narrow = expected_hidden_score({"clean": _correct(0.9, 10000, rng)}, variants, seed=0)
     assert wide["based_on"] == ["clean"]
     assert (wide["ci95"][1] - wide["ci95"][0]) > 3 * (narrow["ci95"][1] - narrow["ci95"][0])
+
+
+ONE_SLOW_CALL = """
+import os, time, numpy as np
+class Model:
+    def __init__(self):
+        self.calls = 0
+    def predict(self, X):
+        self.calls += 1
+        if self.calls == 2 and not os.path.exists("slept"):  # relative: the working directory is this folder
+            open("slept", "w").close()
+            time.sleep(60)
+        return np.zeros(len(X), dtype=np.int64)
+"""
+
+
+def test_a_variant_that_times_out_costs_only_its_own_score(tmp_path):
+    from tests.conftest import SAMPLE_TEST
+    from tools.local_score import ScoreOptions, local_score, to_json
+    from tools.template_zip import zip_submission
+
+    zip_path = zip_submission(tmp_path / "slow.zip", ONE_SLOW_CALL, [])
+    options = ScoreOptions([str(zip_path)], str(SAMPLE_TEST), ("clean", "corruptions"), (1,), time_limit=3, limit=24)
+    data, (result,) = local_score(options)
+    names = [v.name for v in result.variants]
+    assert result.summary["variants_failed"] == {names[1]: "timeout"} and result.run.children == 2
+    assert set(result.scores) == set(names) - {names[1]} and result.summary["expected_hidden_accuracy"] is not None
+    assert result.summary["projected_seconds_10000_images"] is not None and result.summary["time_limit_seconds"] == 3
+    variants = to_json(data, [result])["submissions"][0]["variants"]
+    assert variants[names[1]]["status"] == "timeout" and "less" in variants[names[1]]["error"]
+    assert variants[names[0]]["status"] == "ok" and variants[names[0]]["accuracy"] is not None

@@ -98,8 +98,12 @@ def summarise(result: SubmissionScore, seed: int) -> dict:
     run = result.run
     predict_seconds = sum(rec.get("seconds", 0.0) for rec in run.variants.values())
     images = sum(rec.get("n", 0) for rec in run.variants.values())
+    per_image = run.per_image_seconds()
     summary = {
         "status": run.status,
+        "variants_scored": len(scores),
+        "variants_failed": {name: run.variants[name]["status"] for name in run.failed_variants()},
+        "warnings": sorted({w for ws in run.warnings().values() for w in ws}),
         "clean_accuracy": scores.get("clean", {}).get("accuracy"),
         "clean_macro_f1": scores.get("clean", {}).get("macro_f1"),
         "shift_mean_accuracy": float(np.mean(shifted)) if shifted else None,
@@ -107,6 +111,10 @@ def summarise(result: SubmissionScore, seed: int) -> dict:
         "init_seconds": run.init_seconds,
         "predict_seconds": predict_seconds,
         "images_per_second": images / predict_seconds if predict_seconds else None,
+        "seconds_per_1000_images": per_image * 1000 if per_image is not None else None,
+        "projected_seconds_10000_images": run.projected_seconds(),
+        "time_limit_seconds": run.time_limit,
+        "processes": run.children,
         "peak_rss_mb": run.peak_rss_mb,
         "versions": run.versions,
     }
@@ -116,7 +124,8 @@ def summarise(result: SubmissionScore, seed: int) -> dict:
 
 def score_zip(zip_path: str, data: Dataset, variants: list[Variant], options: ScoreOptions,
               progress: Progress | None = None) -> SubmissionScore:
-    """Run one zip on every variant (the model is loaded once) and score its answers."""
+    """Run one zip on every variant and score its answers: ``Model()`` once (again only after a variant
+    that timed out or crashed), each variant's predict limited to the time limit less ``Model()``'s time."""
     run = run_zip(zip_path, iter_inputs(data, variants, options.seed), time_limit=options.time_limit,
                   python=options.python, progress=progress, total=len(variants))
     result = SubmissionScore(str(zip_path), run, variants)
@@ -147,7 +156,8 @@ def to_json(data: Dataset, results: list[SubmissionScore]) -> dict:
                                    **({k: r.scores[v.name][k] for k in ("accuracy", "macro_f1", "per_class",
                                                                         "confusion")}
                                       if v.name in r.scores else {}),
-                                   "seconds": r.run.variants.get(v.name, {}).get("seconds")}
+                                   **{k: r.run.variants.get(v.name, {}).get(k) for k in ("status", "seconds",
+                                                                                         "error", "warnings")}}
                           for v in r.variants}}
             for r in results
         ],

@@ -213,11 +213,11 @@ def _advisory_checks(result: IngestionResult, report: ValidationReport) -> None:
     problem = answered("single")
     report.add("n=1", problem is None, "one image gives one label" if problem is None else
                f"{problem}; make predict work on a batch of one", advisory=True)
-    if "probe_again" in preds:
-        same = np.array_equal(preds["probe"], preds["probe_again"])
-        report.add("deterministic", same, "same labels twice" if same else
-                   "two calls on the same images gave different labels; avoid random ops at inference",
-                   advisory=True)
+    problem = answered("probe_again")
+    same = problem is None and np.array_equal(preds["probe"], preds["probe_again"])
+    report.add("deterministic", same, "same labels twice" if same else
+               f"the second call on the same images: {problem}" if problem else
+               "two calls on the same images gave different labels; avoid random ops at inference", advisory=True)
     problem = answered("probe_float")
     if problem is None:
         agree = float(np.mean(preds["probe"] == preds["probe_float"]))

@@ -84,3 +84,21 @@ def test_a_variant_that_times_out_costs_only_its_own_score(tmp_path):
     variants = to_json(data, [result])["submissions"][0]["variants"]
     assert variants[names[1]]["status"] == "timeout" and "less" in variants[names[1]]["error"]
     assert variants[names[0]]["status"] == "ok" and variants[names[0]]["accuracy"] is not None
+
+
+def test_expected_hidden_score_is_the_calibrated_variant_and_never_a_silent_stand_in():
+    import numpy as np
+
+    from tools.local_score import CALIBRATED_VARIANT, expected_hidden_score
+    from tools.shift.suite import plan_variants
+
+    variants = plan_variants(("clean", "hidden", "an2dl"), (3,))
+    correct = {v.name: np.ones(50, bool) for v in variants}
+    correct[CALIBRATED_VARIANT] = np.arange(50) < 20
+    result = expected_hidden_score(correct, variants, seed=0)
+    assert result["expected_hidden_accuracy"] == 0.4 and result["calibrated"]
+    assert result["ci95"][0] < 0.4 < result["ci95"][1]
+    del correct[CALIBRATED_VARIANT]  # hidden@2 failed: no number rather than the uncalibrated stand-in
+    assert expected_hidden_score(correct, variants, seed=0)["expected_hidden_accuracy"] is None
+    uncalibrated = expected_hidden_score({"clean": np.ones(5, bool)}, plan_variants(("clean",)), seed=0)
+    assert uncalibrated["calibrated"] is False and uncalibrated["expected_hidden_accuracy"] == 1.0

@@ -61,6 +61,9 @@ def expected_hidden_score(correct: dict[str, np.ndarray], variants: list[Variant
     """
     if CALIBRATED_VARIANT in correct:
         groups = {"hidden": [CALIBRATED_VARIANT]}
+    elif any(v.name == CALIBRATED_VARIANT for v in variants):  # asked for, but it failed or timed out
+        return {"expected_hidden_accuracy": None, "calibrated": True,
+                "based_on": [f"{CALIBRATED_VARIANT} (failed: see its status)"]}
     else:
         groups = {suite: [v.name for v in variants if v.suite == suite and v.name in correct]
                   for suite in ("an2dl", "corruptions")}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
@@ -21,6 +22,14 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 900) -> subpro
     """Run the real `bcsub` command line in a subprocess."""
     return subprocess.run([sys.executable, "-m", "tools.cli", *args], cwd=cwd or ROOT, capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def history_epochs(path: Path) -> list[int]:
+    """The epoch column of a run's ``history.csv`` (empty before the first epoch ends)."""
+    if not path.exists():
+        return []
+    with open(path, newline="") as handle:
+        return [int(row["epoch"]) for row in csv.DictReader(handle)]
 
 
 @pytest.fixture(scope="session")

@@ -12,19 +12,12 @@ import time
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, SAMPLE_TRAIN, run_cli
+from tests.conftest import ROOT, SAMPLE_TRAIN, history_epochs, run_cli
 from train.config import TrainConfig
 from train.errors import BcsubError
 from train.fit import plan_stages
 from train.pipeline import epoch_indices, training_dataset
 from train.runs import find_members
-
-
-def _history_epochs(path) -> list[int]:
-    if not path.exists():
-        return []
-    with open(path, newline="") as handle:
-        return [int(row["epoch"]) for row in csv.DictReader(handle)]
 
 
 @pytest.mark.slow
@@ -36,18 +29,18 @@ def test_killed_training_resumes_from_the_saved_epoch(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "tools.cli", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 600
-    while len(_history_epochs(out / "history.csv")) < 2 and proc.poll() is None and time.monotonic() < deadline:
+    while len(history_epochs(out / "history.csv")) < 2 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     proc.wait()
-    done_before = _history_epochs(out / "history.csv")
+    done_before = history_epochs(out / "history.csv")
     assert 2 <= len(done_before) < 6, "the run must be interrupted mid-training"
     assert not (out / "model.json").exists()
     unfinished = run_cli("package", str(out), "--out", str(tmp_path / "x.zip"))
     assert unfinished.returncode == 2 and "did not finish" in unfinished.stderr
     resumed = run_cli(*args)
     assert resumed.returncode == 0, resumed.stderr
-    epochs = _history_epochs(out / "history.csv")
+    epochs = history_epochs(out / "history.csv")
     assert epochs == [*range(6), 0, 1], f"expected epochs 0..5 once each, then 2 polish epochs; got {epochs}"
     # the polish stage makes a snapshot ensemble: the weights from before it and after it
     assert json.loads((out / "ensemble.json").read_text())["members"] == ["unpolished", "polished"]

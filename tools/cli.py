@@ -36,11 +36,21 @@ def train(**options) -> None:
     cfg = TrainConfig.from_options(**{k: str(v) if isinstance(v, Path) else v for k, v in options.items()})
     console.print(f"[bold]bcsub train[/] {cfg.backbone} weights={cfg.weights} augment={cfg.augment} "
                   f"epochs={cfg.epochs} -> {cfg.out}")
+    task = None
+    if cfg.multi_worker:
+        from train.multiworker import read_tf_config
+
+        task = read_tf_config()
+        console.print(f"multi-worker: {task.name} of {task.num_workers} workers"
+                      f"{' (the chief: writes the run dir)' if task.is_chief else ''}; waiting for all to connect")
     results = run_training(cfg)
     console.print(training_table(results))
     if len(results) == 1:
         console.print(per_class_table(results[0].metrics, "Validation per class"))
-    console.print(f"run dir: {cfg.out}  (next: bcsub package {cfg.out} --out submission.zip)")
+    if task and not task.is_chief:
+        console.print(f"{task.name} done; the chief wrote the run dir {cfg.out} on its machine")
+    else:
+        console.print(f"run dir: {cfg.out}  (next: bcsub package {cfg.out} --out submission.zip)")
 
 
 def train_options() -> list[inspect.Parameter]:

@@ -99,6 +99,7 @@ class TrainConfig:
     ema_momentum: float = option(0.0, "Keep an exponential moving average of the weights (0: off, e.g. 0.99)")
     members: int = option(1, "Ensemble members (different seeds)")
     folds: int = option(0, "Stratified k-fold members (saves out-of-fold predictions)")
+    fold: int | None = option(None, "With --folds K: train fold I (0..K-1) only, e.g. one fold per machine")
     limit: int = option(0, "Use about N images (stratified) for quick runs")
     seed: int = option(0, "Random seed")
     val_fraction: float = 0.15
@@ -122,6 +123,9 @@ class TrainConfig:
             raise BcsubError("--epochs and --batch-size must be at least 1")
         if self.members < 1 or self.folds == 1 or self.folds < 0:
             raise BcsubError("--members must be >= 1 and --folds 0 (off) or >= 2")
+        if self.fold is not None and not 0 <= self.fold < max(self.folds, 1):
+            raise BcsubError(f"--fold {self.fold}: needs --folds K and a fold from 0 to K-1 "
+                             f"(--folds is {self.folds})")
         for option, preset in (("--augment", self.augment), ("--polish-augment", self.polish_augment)):
             if preset not in AUGMENT_PRESETS:
                 raise BcsubError(f"{option} {preset!r}: unknown preset; choose one of: {', '.join(AUGMENT_PRESETS)}")

@@ -17,13 +17,21 @@ import tensorflow as tf
 
 from submission.model import IMAGE_SHAPE, network_input_size
 from train.backbones import build_pretrained_network, set_backbone_trainable, set_head_l2
-from train.callbacks import PersistentCheckpoint
+from train.callbacks import AgreeToStop, LearningRateLog, PersistentCheckpoint, tensorboard_callbacks
 from train.config import TrainConfig
 from train.data import Dataset
-from train.keras_internals import AtomicBackupAndRestore
-from train.pipeline import evaluation_dataset, prior_logit_offsets, training_dataset
+from train.keras_internals import AtomicBackupAndRestore, ChiefRestore, fix_multi_worker_fit
+from train.multiworker import make_multi_worker_strategy, read_tf_config
+from train.pipeline import distributed_training_dataset, evaluation_dataset, prior_logit_offsets, training_dataset
 from train.planner import PLAN_FILE, BudgetPlanner, FollowPlan, PlannedCosineDecay
-from train.runs import HISTORY_FILE, finish_run, finish_snapshot_run, is_complete_run, read_metrics
+from train.runs import (
+    HISTORY_FILE,
+    TENSORBOARD_DIR,
+    finish_run,
+    finish_snapshot_run,
+    is_complete_run,
+    read_metrics,
+)
 
 
 def fit_member(cfg: TrainConfig, train: Dataset, val: Dataset, out: Path, backbone: str | None = None,
@@ -70,9 +78,18 @@ class MemberFit:
         """Augmented training batches for one preset (stages with the same preset share them)."""
         if augment not in self._batches:
             data = self.train_data
-            self._batches[augment] = training_dataset(data.images, data.labels, self.batch_size, augment,
-                                                      self.cfg.balance, self.seed, self.size)
+            make = functools.partial(distributed_training_dataset, self.strategy) if self.cfg.multi_worker \
+                else training_dataset
+            self._batches[augment] = make(data.images, data.labels, self.batch_size, augment, self.cfg.balance,
+                                          self.seed, self.size)
         return self._batches[augment]
+
+    def sample_batch(self, augment: str, n: int = 8) -> np.ndarray:
+        """``n`` training images as the network sees them with ``augment`` (for TensorBoard)."""
+        data = self.train_data
+        batch, _ = training_dataset(data.images[:n], data.labels[:n], min(n, len(data)), augment, 0, self.seed,
+                                    self.size)
+        return next(iter(batch))[0].numpy()
 
     def train(self) -> tuple[dict[str, list], float]:
         """Run every stage; returns the snapshots to ship (empty: the final weights alone) and the seconds."""
@@ -90,7 +107,7 @@ class MemberFit:
             if stage.name == "polish" and cfg.snapshot_ensemble:
                 snapshots["unpolished"] = self.model.get_weights()  # the previous stage's best epoch
             run_stage(self.model, stage, cfg, self.strategy, *self.train_batches(stage.augment), self.val_ds,
-                      self.out, class_weight, planner)
+                      self.out, class_weight, planner, samples=functools.partial(self.sample_batch, stage.augment))
         if snapshots:
             snapshots["polished"] = self.model.get_weights()
         return snapshots, time.time() - wall_start
@@ -141,7 +158,7 @@ def plan_stages(cfg: TrainConfig) -> list[Stage]:
 def make_strategy(multi_worker: bool) -> tf.distribute.Strategy:
     """MultiWorkerMirrored from TF_CONFIG when asked, Mirrored on several GPUs, else the default."""
     if multi_worker:
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return make_multi_worker_strategy()
     if len(tf.config.list_physical_devices("GPU")) > 1:
         return tf.distribute.MirroredStrategy()
     return tf.distribute.get_strategy()
@@ -177,9 +194,11 @@ def class_weight_for(labels: np.ndarray) -> dict[int, float]:
 
 
 def run_stage(model, stage: Stage, cfg: TrainConfig, strategy, train_ds, steps: int, val_ds, out: Path,
-              class_weight: dict | None, planner: BudgetPlanner | None = None) -> None:
-    """One ``model.fit`` with its backup, history, checkpoint and stopping callbacks; ends on the stage's
-    best epoch. A stage marked done is only reloaded."""
+              class_weight: dict | None, planner: BudgetPlanner | None = None,
+              samples=None) -> None:
+    """One ``model.fit`` with its backup, history (``history.csv`` and TensorBoard under ``tb/STAGE``;
+    ``samples()`` gives the augmented images shown there), checkpoint and stopping callbacks; ends on the
+    stage's best epoch. A stage marked done is only reloaded."""
     best = out / f".{stage.name}.best.weights.h5"
     done = out / f".{stage.name}.done"
     if done.exists() and best.exists():
@@ -191,7 +210,10 @@ def run_stage(model, stage: Stage, cfg: TrainConfig, strategy, train_ds, steps: 
         schedule = compile_for(model, stage, cfg, steps)
     callbacks = [
         AtomicBackupAndRestore(str(out / ".backup" / stage.name)),  # first: raw weights + EMA state
+        *([ChiefRestore(strategy, read_tf_config().is_chief)] if cfg.multi_worker else []),
+        LearningRateLog(),  # before the loggers
         keras.callbacks.CSVLogger(str(out / HISTORY_FILE), append=True),
+        *tensorboard_callbacks(out / TENSORBOARD_DIR / stage.name, samples),
     ]
     if cfg.ema_momentum:  # validation and the best checkpoint see the averaged weights
         callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
@@ -200,6 +222,9 @@ def run_stage(model, stage: Stage, cfg: TrainConfig, strategy, train_ds, steps: 
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=cfg.patience))
     if planner is not None:
         callbacks.append(FollowPlan(planner, stage.name, steps, schedule))
+    if cfg.multi_worker:
+        fix_multi_worker_fit(model)
+        callbacks.append(AgreeToStop(strategy))  # last: after every callback that may stop
     model.fit(train_ds, steps_per_epoch=steps, epochs=stage.epochs, validation_data=val_ds,
               callbacks=callbacks, class_weight=class_weight, shuffle=False, verbose=1 if sys.stdout.isatty() else 2)
     model.load_weights(str(best))

@@ -15,6 +15,17 @@ AugMix yet. After a Keras upgrade, tests/test_augment.py and tests/test_training
   ``model._initial_epoch``, which ``fit`` uses and never clears. The public ``double_checkpoint=True``
   (present in 3.15.1, not in 3.4.1) keeps a second copy of the weights, but still writes the epoch counter in
   place (a kill mid-write leaves JSON its restore does not catch) and leaves ``*.bkp`` files behind.
+- ``MultiWorkerMirroredStrategy`` in the TensorFlow trainer (keras-team/keras#20585, 3.4.1 to 3.15.1):
+  ``fit`` crashed on every worker. ``_maybe_symbolic_build(iterator=None, data_batch=None)`` (after 3.4.1)
+  builds the model's state from the first batch, iterating the epoch iterator as ``for _, _, it in
+  iterator`` and calling ``strategy.reduce("MEAN", batch, axis=None)`` on the whole (x, y) tuple, which
+  ``reduce`` cannot take ("unsupported type PerReplica"); given ``data_batch`` it skips the reduce. Then the
+  module function ``reduce_per_replica(values, strategy, reduction)`` of
+  ``keras.src.backend.tensorflow.trainer`` (looked up when the train and test steps are traced) reduces
+  each step's logs with ``strategy.reduce("MEAN", v, axis=0)``, which fails on the scalar losses and
+  metrics. ``fix_multi_worker_fit`` feeds the build one replica's batch (only shapes matter) and reduces
+  scalars across workers with ``axis=None``. ``ChiefRestore`` reads and sets ``model._initial_epoch`` (the
+  epoch ``BackupAndRestore`` restored) to make every worker resume from the chief's backup.
 """
 
 from __future__ import annotations
@@ -22,6 +33,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import keras
+import tensorflow as tf
 
 from train.atomic import write_json, write_weights
 
@@ -65,3 +77,81 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         super().on_train_end(logs)
         # Keras leaves the restored epoch on the model, and the next stage's fit would start there.
         self.model._initial_epoch = None
+
+
+class ChiefRestore(keras.callbacks.Callback):
+    """Several workers, each with its own backup (see ``AtomicBackupAndRestore``): after a resume, all
+    continue from the chief's epoch, weights and optimizer state, so a worker killed just before or after
+    writing its backup cannot leave the workers one epoch apart, waiting on each other. Put it right
+    after the backup callback; on a fresh start it costs one all-reduce."""
+
+    def __init__(self, strategy, is_chief: bool):
+        super().__init__()
+        self.strategy, self.is_chief = strategy, is_chief
+
+    def _sum(self, value) -> tf.Tensor:
+        return self.strategy.reduce("SUM", tf.convert_to_tensor(value), axis=None)
+
+    def _from_chief(self, value) -> tf.Tensor:
+        value = tf.convert_to_tensor(value)
+        return self._sum(value if self.is_chief else tf.zeros_like(value))
+
+    def on_train_begin(self, logs=None):
+        restored = float(self.model._initial_epoch or 0)
+        if float(self._sum(restored)) == 0:  # nobody resumed: the variables already match
+            return
+        for variable in [*self.model.weights, *self.model.optimizer.variables]:
+            variable.assign(self._from_chief(variable.value))
+        self.model._initial_epoch = int(self._from_chief(restored)) or None
+
+
+def fix_multi_worker_fit(model: keras.Model) -> None:
+    """Make ``model.fit``/``evaluate`` work under ``MultiWorkerMirroredStrategy`` (see the module docstring):
+    the state is built from this replica's first batch, and scalar logs are averaged over the workers."""
+    _patch_reduce_per_replica()
+    original = getattr(model, "_maybe_symbolic_build", None)
+    if original is None or getattr(original, "_bcsub_local", False):
+        return
+    strategy = model.distribute_strategy
+
+    def local(value):
+        return strategy.experimental_local_results(value)[0] if isinstance(value, tf.distribute.DistributedValues) \
+            else value
+
+    def build(iterator=None, data_batch=None):
+        if iterator is not None and data_batch is None:
+            for _, _, batches in iterator:
+                data_batch = tf.nest.map_structure(local, next(batches))
+                break
+        return original(data_batch=data_batch)
+
+    build._bcsub_local = True
+    model._maybe_symbolic_build = build
+
+
+def _patch_reduce_per_replica() -> None:
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    original = tf_trainer.reduce_per_replica
+    if getattr(original, "_bcsub_scalars", False):
+        return
+
+    def reduce_per_replica(values, strategy, reduction="auto"):
+        if reduction not in ("auto", "mean") or not _is_multi_worker(strategy):
+            return original(values, strategy, reduction=reduction)
+
+        def mean(value):
+            scalar = getattr(value, "shape", None) is not None and value.shape.rank == 0
+            if not scalar and isinstance(value, tf.distribute.DistributedValues):
+                scalar = strategy.experimental_local_results(value)[0].shape.rank == 0
+            return strategy.reduce("MEAN", value, axis=None if scalar else 0)
+
+        return tf.nest.map_structure(mean, values)
+
+    reduce_per_replica._bcsub_scalars = True
+    tf_trainer.reduce_per_replica = reduce_per_replica
+
+
+def _is_multi_worker(strategy) -> bool:
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and \
+        strategy.extended._in_multi_worker_mode()

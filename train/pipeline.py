@@ -81,6 +81,22 @@ def training_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, au
     return ds.prefetch(AUTOTUNE), steps
 
 
+def distributed_training_dataset(strategy: tf.distribute.Strategy, images: np.ndarray, labels: np.ndarray,
+                                 batch_size: int, augment: str, balance: int, seed: int,
+                                 size: int | None = None) -> tuple[tf.distribute.DistributedDataset, int]:
+    """``training_dataset`` for several workers: each builds its own pipeline of per-replica batches
+    (global ``batch_size`` / replicas) with its own seed, so workers draw different images and
+    augmentations; the steps per epoch are those of the global batch."""
+    epoch_size = balance * NUM_CLASSES if balance else len(labels)
+
+    def worker_pipeline(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        per_replica = context.get_per_replica_batch_size(batch_size)
+        return training_dataset(images, labels, per_replica, augment, balance, seed + 1009 * context.input_pipeline_id,
+                                size)[0]
+
+    return strategy.distribute_datasets_from_function(worker_pipeline), max(1, epoch_size // batch_size)
+
+
 def evaluation_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int,
                        size: int | None = None) -> tf.data.Dataset:
     """Un-augmented batches of (float32 images resized to ``size``, one-hot labels) for validation."""

@@ -26,6 +26,8 @@ ENSEMBLE_FILE = "ensemble.json"
 VAL_PREDICTIONS_FILE = "val_predictions.npz"
 OOF_PREDICTIONS_FILE = "oof_predictions.npz"
 CLEANING_FILE = "cleaning.json"
+SPLIT_FILE = "split.json"
+TENSORBOARD_DIR = "tb"
 # Runs written before model.json recorded the preprocessing: the from-scratch nets then scaled to [0, 1].
 LEGACY_PREPROCESSING = {"tinycnn": "unit", "resnet-small": "unit"}
 

@@ -3,6 +3,9 @@ members (seeds or backbones) or K folds, each with ``fit_member``, and write the
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +17,36 @@ from train.data import Dataset, load_dataset, stratified_split, stratified_subsa
 from train.errors import BcsubError
 from train.fit import fit_member
 from train.metrics import score
+from train.multiworker import lost_workers_fail_clearly, read_tf_config, worker_out
 from train.planner import BudgetShare
-from train.runs import CLEANING_FILE, CONFIG_FILE, OOF_PREDICTIONS_FILE, MemberResult, read_val_probs, write_ensemble
+from train.runs import (
+    CLEANING_FILE,
+    CONFIG_FILE,
+    OOF_PREDICTIONS_FILE,
+    SPLIT_FILE,
+    MemberResult,
+    read_val_probs,
+    write_ensemble,
+)
 
 
 def run_training(cfg: TrainConfig) -> list[MemberResult]:
-    """Train what ``cfg`` asks for into ``cfg.out``; re-running the same command resumes."""
+    """Train what ``cfg`` asks for into ``cfg.out``; re-running the same command resumes. With
+    ``--multi-worker`` only the chief writes ``cfg.out``; another worker trains in a scratch folder next to
+    it (see ``train/multiworker.py``) and deletes it once done."""
+    if not cfg.multi_worker:
+        return _train(cfg)
+    task = read_tf_config()
+    with lost_workers_fail_clearly():
+        if task.is_chief:
+            return _train(cfg)
+        scratch = worker_out(cfg.out, task)
+        results = _train(dataclasses.replace(cfg, out=scratch))
+    shutil.rmtree(scratch, ignore_errors=True)
+    return results
+
+
+def _train(cfg: TrainConfig) -> list[MemberResult]:
     out = Path(cfg.out)
     check_resumable(cfg, out)
     write_json(out / CONFIG_FILE, cfg.to_json())
@@ -101,12 +128,26 @@ def fold_splits(labels: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndar
     return list(splitter.split(np.zeros(len(labels)), labels))
 
 
+def split_record(data: Dataset, splits: list[tuple[np.ndarray, np.ndarray]], cfg: TrainConfig) -> dict:
+    """``split.json``: what makes two k-fold runs (e.g. one fold per machine) share one split."""
+    return {"folds": cfg.folds, "fold": cfg.fold, "seed": cfg.seed, "data": data.source, "n_images": len(data),
+            "labels_sha256": hashlib.sha256(np.ascontiguousarray(data.labels, np.int64).tobytes()).hexdigest(),
+            "val_indices": [val.tolist() for _, val in splits]}
+
+
 def _train_folds(cfg: TrainConfig, data: Dataset, out: Path) -> list[MemberResult]:
-    """Stratified k-fold: member k validates on fold k; out-of-fold predictions are saved."""
+    """Stratified k-fold: member k validates on fold k; out-of-fold predictions are saved. With ``--fold I``
+    the run dir is fold I alone (seed + I, like fold I of the whole run)."""
+    splits = fold_splits(data.labels, cfg.folds, cfg.seed)
+    write_json(out / SPLIT_FILE, split_record(data, splits, cfg))
+    if cfg.fold is not None:
+        train_idx, val_idx = splits[cfg.fold]
+        return [_fit(cfg, out, ".", cfg.backbones[cfg.fold % len(cfg.backbones)], cfg.seed + cfg.fold,
+                     data.subset(train_idx), data.subset(val_idx))]
     oof = np.zeros((len(data), NUM_CLASSES), np.float32)
     results = []
     budget = BudgetShare(cfg.time_budget_minutes)
-    for k, (train_idx, val_idx) in enumerate(fold_splits(data.labels, cfg.folds, cfg.seed)):
+    for k, (train_idx, val_idx) in enumerate(splits):
         result = _fit(cfg, out, f"fold_{k}", cfg.backbones[k % len(cfg.backbones)], cfg.seed + k,
                       data.subset(train_idx), data.subset(val_idx), budget.next(cfg.folds - k))
         oof[val_idx] = read_val_probs(out / result.name)

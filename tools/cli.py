@@ -1,4 +1,4 @@
-"""The `bcsub` command line: train, package, check, local-score, inspect, clean, augment-preview."""
+"""The `bcsub` command line: train, package, check, local-score, runs, inspect, clean, augment-preview."""
 
 from __future__ import annotations
 
@@ -200,6 +200,29 @@ def local_score(
         console.print(f"wrote {index}")
     if any(not r.run.ok for r in results):
         raise typer.Exit(1)
+
+
+@app.command()
+def runs(
+    folders: Annotated[list[Path] | None, typer.Argument(help="Folders holding run dirs (default: runs)")] = None,
+    sort: Annotated[str, typer.Option(help="Sort by run | backbone | preset | size | epochs | minutes | acc | f1 | "
+                                           "members | clean | shift | hidden (numbers: best first)")] = "run",
+    json_out: Annotated[bool, typer.Option("--json", help="Print the rows as JSON instead of a table")] = False,
+) -> None:
+    """Compare runs: one row per run dir (what, how long, how well, and its zip's local score when a
+    `local-score --json` file of it lies next to the zip)."""
+    import json
+
+    from tools.display import console
+    from tools.runs_table import collect_runs, runs_table
+
+    rows = collect_runs(folders or [Path("runs")], sort)
+    if json_out:
+        print(json.dumps([r.to_json() for r in rows], indent=2))
+    else:
+        from rich.console import Console
+
+        Console(width=max(console.width, 160)).print(runs_table(rows))  # one line per run, even when piped
 
 
 @app.command("augment-preview")

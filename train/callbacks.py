@@ -84,6 +84,15 @@ def write_image_summary(log_dir: Path, name: str, images: np.ndarray, step: int)
     writer.close()
 
 
+def write_png_summary(log_dir: Path, name: str, png: Path, step: int = 0) -> None:
+    """A PNG file (e.g. ``confusion.png``) as a TensorBoard image in ``log_dir``."""
+    from PIL import Image
+
+    with Image.open(png) as image:
+        pixels = np.asarray(image.convert("RGB"), np.float32)[None] / 255.0
+    write_image_summary(log_dir, name, pixels, step)
+
+
 def tensorboard_callbacks(log_dir: Path, make_batch=None) -> list[keras.callbacks.Callback]:
     """Keras' TensorBoard (per-epoch scalars and the learning rate; no per-batch summaries, profiling or
     graph, so it costs nothing noticeable) and, when ``make_batch`` is given, the augmented images."""

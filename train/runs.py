@@ -12,6 +12,7 @@ import numpy as np
 
 from submission.model import WEIGHTS_FORMAT, TTAEnsemble, build_network, save_weights
 from train.atomic import atomic_output, write_json
+from train.callbacks import write_png_summary
 from train.data import Dataset
 from train.errors import BcsubError
 from train.metrics import score
@@ -108,7 +109,9 @@ def write_validation(probs: np.ndarray, val: Dataset, out: Path, train_seconds: 
     write_json(out / METRICS_FILE, metrics)
     with atomic_output(out / VAL_PREDICTIONS_FILE) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, probs=probs, labels=val.labels)
-    plot_confusion(metrics["confusion"], out / "confusion.png", f"{title} validation: acc {metrics['accuracy']:.3f}")
+    confusion = plot_confusion(metrics["confusion"], out / "confusion.png",
+                               f"{title} validation: acc {metrics['accuracy']:.3f}")
+    write_png_summary(out / TENSORBOARD_DIR / "final", "validation confusion matrix", confusion)
     if (out / HISTORY_FILE).exists():
         plot_curves(out / HISTORY_FILE, out / "curves.png")
     return metrics

@@ -2,8 +2,10 @@
 submission/model.py, keeps to public APIs).
 
 Keras has no public API for what these do. Checked against Keras 3.15.1 (the version the test suite
-runs); the ``BackupAndRestore`` names below are also those of Keras 3.4.1, which has no RandAugment or
-AugMix yet. After a Keras upgrade, tests/test_augment.py and tests/test_training.py exercise each of them.
+runs) and 3.11.0 (training's floor: tests/test_floors.py trains there; Keras 3.9 and 3.10 have RandAugment
+and AugMix but return RandAugment's draws in another form); the ``BackupAndRestore`` names below are also
+those of Keras 3.4.1, which has no RandAugment or AugMix yet. After a Keras upgrade, tests/test_augment.py,
+tests/test_training.py and tests/test_multiworker.py exercise each of them.
 
 - ``RandAugment`` and ``AugMix`` draw their ops from a private list of op names (RandAugment's class
   attribute ``_AUGMENT_LAYERS``, AugMix's instance attribute ``_augment_layers``) and keep one sub-layer
@@ -15,8 +17,9 @@ AugMix yet. After a Keras upgrade, tests/test_augment.py and tests/test_training
   ``model._initial_epoch``, which ``fit`` uses and never clears. The public ``double_checkpoint=True``
   (present in 3.15.1, not in 3.4.1) keeps a second copy of the weights, but still writes the epoch counter in
   place (a kill mid-write leaves JSON its restore does not catch) and leaves ``*.bkp`` files behind.
-- ``MultiWorkerMirroredStrategy`` in the TensorFlow trainer (keras-team/keras#20585, 3.4.1 to 3.15.1):
-  ``fit`` crashed on every worker. ``_maybe_symbolic_build(iterator=None, data_batch=None)`` (after 3.4.1)
+- ``MultiWorkerMirroredStrategy`` in the TensorFlow trainer (keras-team/keras#20585; the same code in
+  3.11.0 and 3.15.1, and two workers trained with the fix on both): ``fit`` crashed on every worker.
+  ``_maybe_symbolic_build(iterator=None, data_batch=None)`` (after 3.4.1)
   builds the model's state from the first batch, iterating the epoch iterator as ``for _, _, it in
   iterator`` and calling ``strategy.reduce("MEAN", batch, axis=None)`` on the whole (x, y) tuple, which
   ``reduce`` cannot take ("unsupported type PerReplica"); given ``data_batch`` it skips the reduce. Then the

@@ -21,7 +21,7 @@ from train.multiworker import lost_worker_message, read_tf_config, worker_out
 
 # The README's multi-machine commands (tests/test_multiworker.py runs exactly these, on free ports).
 TF_CONFIG = '{"cluster":{"worker":["localhost:PORT0","localhost:PORT1"]},"task":{"type":"worker","index":INDEX}}'
-TRAIN = ("bcsub train --data data/sample/train.npz --backbone tinycnn --weights none --epochs 12 --patience 0 "
+TRAIN = ("bcsub train --data data/sample/train.npz --backbone tinycnn --weights none --epochs 4 --patience 0 "
          "--limit 240 --multi-worker --out runs/two-workers")
 PACKAGE = "bcsub package runs/two-workers --out two-workers.zip --tta 1"
 
@@ -118,6 +118,8 @@ def _finish(procs: list[subprocess.Popen], timeout: float) -> list[tuple[int, st
 
 @pytest.mark.slow
 def test_two_workers_train_a_killed_worker_fails_the_run_and_the_same_commands_resume_it(tmp_path):
+    """Worker 0 (the chief) is killed after an epoch: worker 1 stops with a clear error instead of hanging
+    (the test's timeouts); the same two commands then resume and finish, from the chief's backup."""
     readme = (ROOT / "README.md").read_text()
     shown = [f"TF_CONFIG='{TF_CONFIG}'".replace("PORT0", "23456").replace("PORT1", "23457").replace("INDEX", str(i))
              for i in (0, 1)]
@@ -129,17 +131,18 @@ def test_two_workers_train_a_killed_worker_fails_the_run_and_the_same_commands_r
     while not history_epochs(run / "history.csv") and chief.poll() is None and time.monotonic() < deadline:
         time.sleep(0.5)
     assert history_epochs(run / "history.csv"), "the chief never finished an epoch: " + chief.communicate()[1][-2000:]
-    worker.send_signal(signal.SIGKILL)
-    (code, _, err), _ = _finish([chief, worker], timeout=240)
+    chief.send_signal(signal.SIGKILL)  # worker 0; a lost worker 1 is noticed by the heartbeat, in 10-80 s
+    _, (code, _, err) = _finish([chief, worker], timeout=240)
     assert code == 2, err[-3000:]
-    assert "error: --multi-worker: lost contact with worker 1" in err and "start the same command again" in err
+    assert "error: --multi-worker: lost contact with worker 0" in err and "start the same command again" in err
     assert not (run / "model.json").exists() and (scratch / "config.json").is_file()
 
     results = _finish(_start_workers(tmp_path, _free_ports(2)), timeout=400)
     for code, _, err in results:
         assert code == 0, err[-3000:]
     assert "run dir:" in results[0][1] and "worker 1 done; the chief wrote the run dir" in results[1][1]
-    assert history_epochs(run / "history.csv") == list(range(12))  # the chief's history, each epoch once
+    epochs = history_epochs(run / "history.csv")  # the chief's: each epoch once (or one lost by the kill)
+    assert epochs == sorted(set(epochs)) and epochs[-1] == 3 and len(epochs) >= 3, epochs
     assert (run / "model.json").is_file() and not scratch.exists()
     assert sorted(p.name for p in run.parent.iterdir()) == ["two-workers"]
     assert any((run / "tb" / "full" / "train").iterdir())

@@ -18,6 +18,7 @@ sys.path.insert(0, str(ROOT))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+from bench_pipeline import load_images  # noqa: E402  (bench/ is the script's folder)
 
 from submission.model import build_network  # noqa: E402
 from train.atomic import write_json  # noqa: E402
@@ -41,14 +42,6 @@ class EpochTimes(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.seconds.append(time.perf_counter() - self.start)  # after the callbacks listed before it
-
-
-def load_images() -> tuple[np.ndarray, np.ndarray]:
-    for path in (ROOT.parent / "shared/data/pbc96_val.npz", ROOT / "data/sample/train.npz"):
-        if path.is_file():
-            with np.load(path, allow_pickle=False) as data:
-                return data["images"], data["labels"].astype(np.int64)
-    raise SystemExit("no data found")
 
 
 def epoch_seconds(images, labels, tracking: bool, log_dir: Path) -> list[float]:

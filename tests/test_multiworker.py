@@ -161,12 +161,14 @@ def test_fold_needs_folds():
 
 @pytest.mark.slow
 def test_one_fold_per_machine_records_one_split_and_packages_as_one_ensemble(tmp_path):
+    from train.config import TrainConfig
+    from train.trainer import run_training
+
     dirs = [tmp_path / "fold0", tmp_path / "fold1"]
     for fold, out in enumerate(dirs):  # as two machines would: the same data, --folds and --seed
-        proc = run_cli("train", "--data", str(SAMPLE_TRAIN), "--backbone", "tinycnn", "--weights", "none", "--epochs",
-                       "1", "--limit", "64", "--batch-size", "16", "--augment", "none", "--folds", "2", "--fold",
-                       str(fold), "--out", str(out))
-        assert proc.returncode == 0, proc.stdout + proc.stderr
+        cfg = TrainConfig.from_options(data=str(SAMPLE_TRAIN), backbone="tinycnn", weights="none", epochs=1, limit=64,
+                                       batch_size=16, augment="none", folds=2, fold=fold, out=str(out))
+        assert [r.name for r in run_training(cfg)] == ["."]
         assert (out / "model.json").is_file() and not (out / "fold_0").exists()
     splits = [json.loads((d / "split.json").read_text()) for d in dirs]
     assert [s.pop("fold") for s in splits] == [0, 1] and splits[0] == splits[1]

@@ -81,7 +81,7 @@ def test_a_short_budget_cuts_the_schedule_but_runs_every_stage(tmp_path):
     out = tmp_path / "run"
     proc = run_cli("train", "--data", str(SAMPLE_TRAIN), "--backbone", "tinycnn", "--weights", "none",
                    "--epochs", "200", "--polish-epochs", "20", "--limit", "64", "--batch-size", "16",
-                   "--augment", "v1", "--time-budget", "1.0", "--out", str(out))
+                   "--augment", "v1", "--patience", "0", "--time-budget", "1.0", "--out", str(out))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     plan = json.loads((out / "plan.json").read_text())
     stages = {s["name"]: s for s in plan["stages"]}

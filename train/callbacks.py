@@ -1,11 +1,10 @@
-"""Training callbacks of bcsub's own (public Keras API): the best-epoch checkpoint, the time budget, the
+"""Training callbacks of bcsub's own (public Keras API): the best-epoch checkpoint, the
 learning rate in the logs, TensorBoard (scalars, augmented images), and one stop decision for several
 workers. The atomic epoch backup needs Keras internals, so it lives in ``train/keras_internals.py``."""
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import keras
@@ -33,23 +32,6 @@ class PersistentCheckpoint(keras.callbacks.Callback):
         write_weights(self.model, self.filepath)
         self.best = float(score)
         write_json(self.best_file, {"best": self.best, "epoch": epoch + 1})
-
-
-class TimeBudget(keras.callbacks.Callback):
-    """Stop before an epoch that would end after ``deadline`` (time.monotonic seconds)."""
-
-    def __init__(self, deadline: float):
-        super().__init__()
-        self.deadline = deadline
-        self.epoch_start = time.monotonic()
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch_start = time.monotonic()
-
-    def on_epoch_end(self, epoch, logs=None):
-        now = time.monotonic()
-        if now + (now - self.epoch_start) > self.deadline:
-            self.model.stop_training = True
 
 
 class LearningRateLog(keras.callbacks.Callback):

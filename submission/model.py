@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import keras
 import numpy as np
@@ -177,10 +178,11 @@ def network_input_size(spec: dict) -> int:
     return int(spec.get("image_size") or BACKBONES[spec["backbone"]].input_size)
 
 
-def build_network(spec: dict, weights: str | None = None, l2: float = 0.0,
-                  input_size: int | None = None) -> keras.Model:
+def build_network(spec: dict, l2: float = 0.0, input_size: int | None = None) -> keras.Model:
     """Classifier taking raw 0..255 pixels (n, 96, 96, 3): resize, preprocess, backbone, head.
 
+    The backbone is always built as ``weights=None`` builds it: training builds this same graph and copies
+    pretrained weights into it (``train/backbones.py``), so the network that ships is the one that trained.
     ``input_size`` builds the same network (same weights, same order) for inputs that are already
     resized to that side: training uses it to augment small images instead of 96 px ones.
     """
@@ -196,7 +198,7 @@ def build_network(spec: dict, weights: str | None = None, l2: float = 0.0,
         x = layers.Resizing(size, size, interpolation="bilinear", name="resize")(x)
     if preprocess is not None:
         x = preprocess()(x)
-    x = build_backbone(name, (size, size, 3), weights)(x)
+    x = build_backbone(name, (size, size, 3), None)(x)
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     x = layers.Dropout(float(spec.get("dropout", 0.3)), name="dropout")(x)
     regularizer = keras.regularizers.L2(l2) if l2 else None
@@ -215,13 +217,34 @@ def save_weights(model: keras.Model, path: str) -> None:
         np.savez(handle, **arrays)
 
 
+def iter_layers(model):
+    """Every layer of ``model``, nested models' layers included (depth first)."""
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from iter_layers(layer)
+
+
+def assign_weights(model: keras.Model, arrays: list) -> None:
+    """``model.set_weights(arrays)``, then let preprocessing layers take their new state into use.
+
+    A ``Normalization`` layer copies its mean and variance into constants in ``finalize_state()``, which
+    Keras' file loaders call and ``set_weights`` does not: without it the layer keeps normalising with
+    the values it was built with (zeros and ones), whatever the weights say.
+    """
+    model.set_weights(arrays)
+    for layer in iter_layers(model):
+        if hasattr(layer, "finalize_state"):
+            layer.finalize_state()
+
+
 def load_weights(model: keras.Model, path: str) -> None:
     with np.load(path, allow_pickle=False) as data:
         arrays = [data[f"w{i:04d}"] for i in range(len(data.files))]
     expected = len(model.get_weights())
     if len(arrays) != expected:
         raise ValueError(f"{path}: {len(arrays)} weight arrays, the network has {expected}")
-    model.set_weights(arrays)
+    assign_weights(model, arrays)
 
 
 def load_member(directory: str, entry: dict) -> keras.Model:
@@ -306,8 +329,8 @@ def pixel_problem(X, side: int | None = IMAGE_SHAPE[0], uint8_only: bool = False
     """Why ``X`` is not a batch of RGB images of 0..255 pixels, or None when it is.
 
     ``side``: the height and width required (None: any); ``uint8_only``: refuse other dtypes;
-    ``check_values``: scan pixels that are not uint8 for NaN, inf and values outside 0..255 (``TTAEnsemble``
-    does that chunk by chunk instead, so its memory stays flat).
+    ``check_values``: scan pixels that are not uint8 for NaN, inf and values outside 0..255 (training data
+    must be clean; ``predict`` repairs such values instead, see ``as_image_batch``).
     """
     expected = "(n, H, W, 3)" if side is None else f"(N, {side}, {side}, 3)"
     if not isinstance(X, np.ndarray) or X.ndim != 4 or X.shape[-1] != 3 or (
@@ -321,21 +344,47 @@ def pixel_problem(X, side: int | None = IMAGE_SHAPE[0], uint8_only: bool = False
     return None
 
 
-def _checked(X, check_values: bool) -> np.ndarray:
-    problem = pixel_problem(X, check_values=check_values)
+def as_image_batch(X) -> np.ndarray:
+    """``X`` as an (n, 96, 96, 3) array of numbers: also takes a list of images or one (96, 96, 3) image.
+    Raises ValueError only for what is not 96x96 RGB images (a wrong size or a non-numeric dtype)."""
+    try:
+        X = np.asarray(X)
+    except ValueError as err:  # a list of images of different shapes
+        raise ValueError(f"images of different shapes ({err}); expected (N, 96, 96, 3) RGB") from None
+    if X.shape == IMAGE_SHAPE:
+        X = X[None]
+    elif X.ndim == 1 and X.size == 0:  # an empty list
+        X = X.reshape((0, *IMAGE_SHAPE))
+    problem = pixel_problem(X, check_values=False)
     if problem:
         raise ValueError(problem)
     return X
 
 
-def check_pixels(X) -> np.ndarray:
-    """Return X as an ndarray after checking it is (n, 96, 96, 3) of 0..255 numbers (values: see
-    ``_as_float_chunk``)."""
-    return _checked(np.asarray(X), check_values=False)
+def pixel_scale(X: np.ndarray, chunk: int = 1024) -> float:
+    """255 when ``X`` holds floats whose finite values are all at most 1 (pixels given as 0..1), else 1.
+    Scanned chunk by chunk, so memory stays flat."""
+    if X.dtype.kind != "f":
+        return 1.0
+    top = -np.inf
+    for start in range(0, len(X), chunk):
+        part = X[start:start + chunk]
+        finite = part[np.isfinite(part)]
+        if finite.size:
+            top = max(top, float(finite.max()))
+    return 255.0 if -np.inf < top <= 1.0 else 1.0
 
 
-def _as_float_chunk(chunk: np.ndarray) -> np.ndarray:
-    return _checked(chunk.astype(np.float32, copy=False), check_values=True)
+def clean_pixels(chunk: np.ndarray, scale: float = 1.0) -> np.ndarray:
+    """A float32 copy of ``chunk`` with NaN and inf set to 0, multiplied by ``scale`` and clipped to 0..255."""
+    x = chunk.astype(np.float32)
+    if chunk.dtype == np.uint8:
+        return x
+    if chunk.dtype.kind == "f":
+        np.nan_to_num(x, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    if scale != 1.0:
+        x *= scale
+    return np.clip(x, 0.0, 255.0, out=x)
 
 
 class BatchNormAdaptation:
@@ -373,10 +422,10 @@ class BatchNormAdaptation:
         signature = [tf.TensorSpec([None, *IMAGE_SHAPE], tf.float32)]
         self._moments = tf.function(moments, input_signature=signature, reduce_retracing=True)
 
-    def _measure(self, X) -> list[tuple[np.ndarray, np.ndarray]]:
+    def _measure(self, X, scale: float) -> list[tuple[np.ndarray, np.ndarray]]:
         totals = None
         for start in range(0, len(X), self.chunk_size):
-            chunk = tf.constant(_as_float_chunk(X[start:start + self.chunk_size]))
+            chunk = tf.constant(clean_pixels(X[start:start + self.chunk_size], scale))
             sums = [tuple(v.numpy() for v in m) for m in self._moments(chunk)]
             totals = sums if totals is None else [tuple(a + b for a, b in zip(t, s)) for t, s in zip(totals, sums)]
         return [(s1 / n, np.maximum(s2 / n - (s1 / n) ** 2, 0.0)) for s1, s2, n in totals]
@@ -388,14 +437,15 @@ class BatchNormAdaptation:
             layer.moving_mean.assign(mean.astype(np.float32))
             layer.moving_variance.assign(np.maximum(second - mean ** 2, 0.0).astype(np.float32))
 
-    def adapt(self, X) -> None:
-        """Adapt to the (n, 96, 96, 3) images ``X`` (from the training statistics, whatever came before)."""
+    def adapt(self, X, scale: float = 1.0) -> None:
+        """Adapt to the (n, 96, 96, 3) images ``X`` (from the training statistics, whatever came before);
+        ``scale``: see ``clean_pixels``."""
         self.restore()
         if not self.layers or not len(X):
             return
         weight = len(X) / (len(X) + self.prior)
         for _ in range(2):
-            self._blend(self._measure(X), weight)
+            self._blend(self._measure(X, scale), weight)
 
     def restore(self) -> None:
         for layer, (mean, var) in zip(self.layers, self.saved):
@@ -423,6 +473,7 @@ class TTAEnsemble:
         self.member_weights = weights / weights.sum()
         self.views = tta_views(views)
         self.chunk_size = max(1, int(batch_size) // len(self.views))
+        self._noted_unit_scale = False
         signature = [tf.TensorSpec([None, *IMAGE_SHAPE], tf.float32)]
         self._views_chunk = tf.function(self._chunk_view_probabilities, input_signature=signature,
                                         reduce_retracing=True)
@@ -442,36 +493,47 @@ class TTAEnsemble:
         weights = tf.constant(self.member_weights / len(self.views))
         return tf.einsum("m,mvnc->nc", weights, self._chunk_view_probabilities(x))
 
-    def _chunks(self, X):
-        X = check_pixels(X)
+    def _pixel_scale(self, X: np.ndarray) -> float:
+        """``pixel_scale`` of ``X``, noted once on stderr when the floats are taken as 0..1 pixels."""
+        scale = pixel_scale(X)
+        if scale != 1.0 and not self._noted_unit_scale:
+            self._noted_unit_scale = True
+            print("bcsub model.py: float images with no value above 1: read as 0..1 pixels, scaled by 255",
+                  file=sys.stderr)
+        return scale
+
+    def _chunks(self, X: np.ndarray, scale: float):
+        """Float32 chunks of 0..255 pixels (see ``clean_pixels``)."""
         for start in range(0, len(X), self.chunk_size):
-            yield start, tf.constant(_as_float_chunk(X[start:start + self.chunk_size]))
+            yield start, tf.constant(clean_pixels(X[start:start + self.chunk_size], scale))
 
     def _adapted(self, X, fill) -> np.ndarray:
-        """``fill`` run with every member adapted to ``X`` (when adaptation is on), then restored."""
-        X = check_pixels(X)
+        """``fill(X, scale)`` run on ``X`` as a batch (see ``as_image_batch``) with every member adapted to it
+        (when adaptation is on), then restored."""
+        X = as_image_batch(X)
+        scale = self._pixel_scale(X)
         for adaptation in self.adaptations:
-            adaptation.adapt(X)
+            adaptation.adapt(X, scale)
         try:
-            return fill(X)
+            return fill(X, scale)
         finally:
             for adaptation in self.adaptations:
                 adaptation.restore()
 
     def predict_proba(self, X) -> np.ndarray:
-        """Ensemble- and view-averaged softmax (n, classes)."""
-        def fill(X):
+        """Ensemble- and view-averaged softmax (n, classes). ``X``: see ``as_image_batch``."""
+        def fill(X, scale):
             out = np.zeros((len(X), NUM_CLASSES), np.float32)
-            for start, chunk in self._chunks(X):
+            for start, chunk in self._chunks(X, scale):
                 out[start:start + len(chunk)] = self._average_chunk(chunk).numpy()
             return out
         return self._adapted(X, fill)
 
     def view_probabilities(self, X) -> np.ndarray:
         """Softmax per member and view, not averaged: (members, views, n, classes)."""
-        def fill(X):
+        def fill(X, scale):
             out = np.zeros((len(self.models), len(self.views), len(X), NUM_CLASSES), np.float32)
-            for start, chunk in self._chunks(X):
+            for start, chunk in self._chunks(X, scale):
                 out[:, :, start:start + len(chunk)] = self._views_chunk(chunk).numpy()
             return out
         return self._adapted(X, fill)
@@ -495,7 +557,12 @@ def load_ensemble(directory: str) -> TTAEnsemble:
 
 
 class Model:
-    """CodaBench entry point: ``Model().predict(X)`` -> int labels (n,) in 0..7."""
+    """CodaBench entry point: ``Model().predict(X)`` -> int labels (n,) in 0..7.
+
+    ``X``: (n, 96, 96, 3) pixels 0..255 (uint8, integers or floats), a list of such images, or one image.
+    Never fails on values: NaN and inf count as 0, values outside 0..255 are clipped, and floats that
+    are all at most 1 are taken as 0..1 pixels (a note on stderr). Only a wrong image size is an error.
+    """
 
     def __init__(self):
         self.ensemble = load_ensemble(os.path.dirname(os.path.abspath(__file__)))

@@ -36,7 +36,7 @@ def test_zip_is_flat_and_self_contained(packaged_zip):
     imported |= {n.module.split(".")[0] for n in ast.walk(ast.parse(source))
                  if isinstance(n, ast.ImportFrom) and n.module}
     assert not imported & {"train", "tools", "submission", "bcsub"}
-    assert imported <= {"__future__", "json", "os", "numpy", "tensorflow", "keras"}
+    assert imported <= {"__future__", "json", "os", "sys", "numpy", "tensorflow", "keras"}
     assert manifest["members"][0]["weights"] in names
     assert len(manifest["members"][0]["spec"]["logit_offsets"]) == 8  # the zip rebuilds the same network
     assert manifest["tta"]["selection"], "tta auto must record the candidates it scored"

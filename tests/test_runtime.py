@@ -82,20 +82,42 @@ def test_predict_inputs(tiny):
     labels = ensemble.predict(x)
     assert labels.dtype == np.int64 and labels.shape == (3,)
     assert np.array_equal(ensemble.predict(x.astype(np.float64)), labels)
-    assert ensemble.predict(x[:0]).shape == (0,)
+    assert ensemble.predict(x[:0]).shape == (0,) and ensemble.predict([]).shape == (0,)
     assert ensemble.predict(x[:1]).shape == (1,)
     with pytest.raises(ValueError, match="shape"):
-        ensemble.predict(x[0])
-    with pytest.raises(ValueError, match="shape"):
         ensemble.predict(x[:, :, :, :1])
-    bad = x.astype(np.float32)
-    bad[0, 0, 0, 0] = np.nan
-    with pytest.raises(ValueError, match="0..255"):
-        ensemble.predict(bad)
-    with pytest.raises(ValueError, match="0..255"):
-        ensemble.predict(x.astype(np.float32) * 2)
+    with pytest.raises(ValueError, match="shape"):
+        ensemble.predict(x[:, :64, :64])
+    with pytest.raises(ValueError, match="different shapes"):
+        ensemble.predict([x[0], x[0, :64]])
     with pytest.raises(ValueError, match="unknown TTA views"):
         runtime.TTAEnsemble([tiny], views=["spin"])
+
+
+def test_predict_repairs_what_codabench_could_send(tiny, capsys):
+    """NaN/inf count as 0, values outside 0..255 are clipped, floats all <= 1 are 0..1 pixels (one note on
+    stderr), one (96, 96, 3) image or a list is a batch: each gives the probabilities of the clean input."""
+    ensemble = runtime.TTAEnsemble([tiny], views=2, batch_size=4)  # 2 images per chunk
+    x = _images(5)
+    clean = ensemble.predict_proba(x)
+    dirty = x.astype(np.float32)
+    dirty[0, :4, :4] = np.nan
+    dirty[1, -4:, -4:, 1] = np.inf
+    dirty[2, :4, -4:] = -np.inf
+    zeroed = np.nan_to_num(dirty, nan=0.0, posinf=0.0, neginf=0.0)
+    assert np.allclose(ensemble.predict_proba(dirty), ensemble.predict_proba(zeroed), atol=1e-6)
+    wide = x.astype(np.int32)
+    wide[:, :10] -= 400
+    wide[:, -10:] += 400
+    assert np.allclose(ensemble.predict_proba(wide), ensemble.predict_proba(np.clip(wide, 0, 255)), atol=1e-6)
+    capsys.readouterr()
+    assert np.allclose(ensemble.predict_proba(x / 255.0), clean, atol=1e-5)
+    assert np.allclose(ensemble.predict_proba(x.astype(np.float32) / 255), clean, atol=1e-5)
+    assert capsys.readouterr().err.count("scaled by 255") == 1  # noted once
+    assert np.allclose(ensemble.predict_proba(x[0]), clean[:1], atol=1e-6)
+    assert np.allclose(ensemble.predict_proba(list(x)), clean, atol=1e-6)
+    assert np.allclose(ensemble.predict_proba(np.full((1, 96, 96, 3), np.nan)),
+                       ensemble.predict_proba(np.zeros((1, 96, 96, 3))), atol=1e-6)
 
 
 @pytest.mark.parametrize("name", sorted(runtime.BACKBONES))

@@ -29,6 +29,9 @@ tests/test_training.py and tests/test_multiworker.py exercise each of them.
   metrics. ``fix_multi_worker_fit`` feeds the build one replica's batch (only shapes matter) and reduces
   scalars across workers with ``axis=None``. ``ChiefRestore`` reads and sets ``model._initial_epoch`` (the
   epoch ``BackupAndRestore`` restored) to make every worker resume from the chief's backup.
+- ``Normalization`` built without a mean and variance (``input_mean is None``, as in EfficientNet v1) keeps
+  them in the weights ``adapt_mean`` and ``adapt_variance`` (same names in 3.4.1), from which
+  ``finalize_state()`` makes the constants it normalises with.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from train.atomic import write_json, write_weights
@@ -158,3 +162,22 @@ def _patch_reduce_per_replica() -> None:
 def _is_multi_worker(strategy) -> bool:
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and \
         strategy.extended._in_multi_worker_mode()
+
+
+def fold_rescaling_into_normalization(rescaling: keras.layers.Layer, normalization: keras.layers.Layer) -> bool:
+    """Make ``normalization`` compute what it computed followed by ``rescaling``; False when it cannot.
+
+    ``Normalization`` computes (x - mean) / sqrt(variance); a ``Rescaling`` by s (per channel, no offset)
+    after it is the same as dividing the variance by s^2. Keras' EfficientNet (v1) adds such a layer only
+    for ``weights="imagenet"``.
+    """
+    if not (isinstance(rescaling, keras.layers.Rescaling) and isinstance(normalization, keras.layers.Normalization)
+            and normalization.input_mean is None and not normalization.invert):
+        return False
+    scale = np.asarray(rescaling.scale, np.float32)
+    if np.any(np.asarray(rescaling.offset, np.float32) != 0) or np.any(scale <= 0):
+        return False
+    variance = normalization.adapt_variance
+    variance.assign(np.asarray(variance.numpy()) / np.broadcast_to(scale, variance.shape) ** 2)
+    normalization.finalize_state()
+    return True

@@ -30,6 +30,7 @@ from submission.model import build_network, load_weights, save_weights  # noqa: 
 from train import config  # noqa: E402
 from train.atomic import write_json  # noqa: E402
 from train.pipeline import training_dataset  # noqa: E402
+from train.runs import EQUIVALENCE_FILE  # noqa: E402
 
 EPOCHS, LEARNING_RATE, BALANCE, BATCH = 8, 3e-4, 900, 64
 # Candidates: presets, and v1 plus one of the parts that v2 adds (colour, geometry, degradation), each
@@ -60,6 +61,7 @@ def polish(base: Path, candidate: str, out: Path) -> None:
     shutil.copytree(base, out, dirs_exist_ok=True)
     shipped.set_weights(net.get_weights())
     save_weights(shipped, str(out / "weights.npz"))
+    (out / EQUIVALENCE_FILE).unlink(missing_ok=True)  # base's training-graph probabilities: not these weights
 
 
 def package_and_score(name: str, run_dirs: list[Path], work: Path) -> dict:

@@ -23,13 +23,14 @@ def test_missing_data_file(tmp_path):
     line = _error_line(run_cli("train", "--data", str(tmp_path / "nope.npz"), "--weights", "none",
                                "--out", str(tmp_path / "run")))
     assert "no such file" in line
+    assert not (tmp_path / "run").exists()  # nothing written before the inputs are checked
 
 
 def test_wrong_shape_data(tmp_path):
     bad = tmp_path / "bad.npz"
     np.savez(bad, images=np.zeros((8, 32, 32, 3), np.uint8), labels=np.arange(8))
     line = _error_line(run_cli("train", "--data", str(bad), "--weights", "none", "--out", str(tmp_path / "r")))
-    assert "(N, 96, 96, 3)" in line
+    assert "(N, 96, 96, 3)" in line and not (tmp_path / "r").exists()
 
 
 def test_unknown_backbone(tmp_path):
@@ -59,7 +60,15 @@ def test_offline_imagenet_fails_fast_with_the_fix(tmp_path, monkeypatch):
 def test_weights_path_must_exist(tmp_path):
     line = _error_line(run_cli("train", "--data", str(SAMPLE_TRAIN), "--backbone", "mobilenetv3small",
                                "--weights", str(tmp_path / "w.h5"), "--out", str(tmp_path / "run")))
-    assert "no such file" in line and "no-top" in line
+    assert "no such file" in line and "no-top" in line and not (tmp_path / "run").exists()
+
+
+def test_clean_and_inspect_check_their_outputs_first(tmp_path):
+    (tmp_path / "file").write_text("x")
+    line = _error_line(run_cli("inspect", str(SAMPLE_TEST), "--out", str(tmp_path / "file")))
+    assert "is a file" in line
+    line = _error_line(run_cli("clean", str(SAMPLE_TEST), "--out", str(tmp_path / "clean.txt")))
+    assert "must end in .npz" in line and not list(tmp_path.glob("clean*"))
 
 
 def test_package_rejects_a_folder_that_is_not_a_run(tmp_path):

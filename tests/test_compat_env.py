@@ -53,3 +53,58 @@ def test_every_backbone_has_the_same_weight_layout_in_keras_3_4(tmp_path):
         assert line, proc.stderr[-2000:]
         layouts.append(json.loads(line[0][len("SHAPES"):]))
     assert layouts[0] == layouts[1]
+
+
+RUNTIME_SCRIPT = """
+import json, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])  # the project: the edge-case table and the validation report
+import keras
+import numpy as np
+from tools.edge_cases import check_edge_cases
+from tools.equivalence import import_runtime
+from tools.validate import ValidationReport
+shipped = import_runtime(Path(sys.argv[2]))
+report = ValidationReport()
+check_edge_cases(shipped.Model(), np.load(sys.argv[3]), report)
+net = shipped.build_network({"backbone": "efficientnetb0", "image_size": 32})
+shipped.load_weights(net, sys.argv[4])
+norm = next(layer for layer in shipped.iter_layers(net) if isinstance(layer, keras.layers.Normalization))
+print("RESULT" + json.dumps({"keras": keras.__version__, "checks": [[c.name, c.ok, c.warning] for c in report.checks],
+                             "mean": np.asarray(norm.mean).ravel().tolist(),
+                             "variance": np.asarray(norm.variance).ravel().tolist()}))
+"""
+
+
+@pytest.mark.slow
+def test_runtime_repairs_inputs_and_loads_normalization_in_keras_3_4(packaged_zip, sample_test, tmp_path):
+    """Under TF 2.17 / Keras 3.4.1 / numpy 1.26: predict's edge cases pass, and ``load_weights`` puts the
+    mean and variance of EfficientNet's Normalization into use (``set_weights`` alone does not)."""
+    import subprocess
+
+    import keras
+    import numpy as np
+
+    from submission import model as runtime
+    from tests.conftest import ROOT
+    from tools.compat_env import compat_python
+    from tools.harness import safe_extract
+
+    safe_extract(packaged_zip[0], tmp_path / "program")
+    np.save(tmp_path / "probe.npy", sample_test[0][:8])
+    net = runtime.build_network({"backbone": "efficientnetb0", "image_size": 32})
+    norm = next(layer for layer in runtime.iter_layers(net) if isinstance(layer, keras.layers.Normalization))
+    mean, variance = [0.485, 0.456, 0.406], [0.052441, 0.050176, 0.050625]
+    norm.adapt_mean.assign(mean)
+    norm.adapt_variance.assign(variance)
+    runtime.save_weights(net, str(tmp_path / "b0.npz"))
+    (tmp_path / "script.py").write_text(RUNTIME_SCRIPT)
+    proc = subprocess.run([str(compat_python()), str(tmp_path / "script.py"), str(ROOT), str(tmp_path / "program"),
+                           str(tmp_path / "probe.npy"), str(tmp_path / "b0.npz")], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=900)
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT")]
+    assert line, proc.stderr[-3000:]
+    result = json.loads(line[0][len("RESULT"):])
+    assert result["keras"] == "3.4.1"
+    assert all(ok for _, ok, _ in result["checks"]), result["checks"]
+    assert np.allclose(result["mean"], mean) and np.allclose(result["variance"], variance)

@@ -41,6 +41,12 @@ def test_zip_is_flat_and_self_contained(packaged_zip):
     assert len(manifest["members"][0]["spec"]["logit_offsets"]) == 8  # the zip rebuilds the same network
     assert manifest["tta"]["selection"], "tta auto must record the candidates it scored"
     assert "s per 1,000 images" in proc.stdout and "MB" in proc.stdout
+    from tools.edge_cases import EDGE_CASES
+
+    table = proc.stdout.replace("\n", " ")
+    assert "same network as trained" in table and "max |p difference|" in table
+    assert table.count("predict:") == len(EDGE_CASES)  # every edge case of predict is a row of the table
+    assert "FAIL" not in proc.stdout
 
 
 def test_zip_runs_like_codabench(packaged_zip, sample_test):
@@ -64,24 +70,6 @@ def test_local_score_cli(packaged_zip, tmp_path):
     variants = report["submissions"][0]["variants"]
     assert "clean" in variants and "pixelate@3" in variants and any(k.startswith("an2dl@") for k in variants)
     assert (tmp_path / "rep" / "index.html").is_file()
-
-
-def test_kfold_ensemble_packages_as_one_zip(tmp_path):
-    out = tmp_path / "folds"
-    proc = run_cli("train", "--data", "data/sample/train.npz", "--backbone", "tinycnn", "--weights", "none",
-                   "--epochs", "1", "--limit", "48", "--batch-size", "16", "--folds", "2", "--augment", "none",
-                   "--out", str(out))
-    assert proc.returncode == 0, proc.stderr
-    ensemble = json.loads((out / "ensemble.json").read_text())
-    assert ensemble["members"] == ["fold_0", "fold_1"] and "oof_metrics" in ensemble
-    with np.load(out / "oof_predictions.npz") as oof:
-        assert oof["probs"].shape == (48, 8) and np.allclose(oof["probs"].sum(axis=1), 1, atol=1e-4)
-    zip_path = tmp_path / "ens.zip"
-    packaged = run_cli("package", str(out), "--out", str(zip_path), "--tta", "2")
-    assert packaged.returncode == 0, packaged.stderr
-    with zipfile.ZipFile(zip_path) as archive:
-        manifest = json.loads(archive.read("bcsub_submission.json"))
-    assert len(manifest["members"]) == 2 and manifest["tta"]["views"] == ["identity", "rot90"]
 
 
 def test_augment_preview_cli(tmp_path):

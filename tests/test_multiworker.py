@@ -170,10 +170,14 @@ def test_one_fold_per_machine_records_one_split_and_packages_as_one_ensemble(tmp
                                        batch_size=16, augment="none", folds=2, fold=fold, out=str(out))
         assert [r.name for r in run_training(cfg)] == ["."]
         assert (out / "model.json").is_file() and not (out / "fold_0").exists()
-    splits = [json.loads((d / "split.json").read_text()) for d in dirs]
-    assert [s.pop("fold") for s in splits] == [0, 1] and splits[0] == splits[1]
-    val0, val1 = splits[0]["val_indices"]
-    assert not set(val0) & set(val1) and len(val0) + len(val1) == splits[0]["n_images"] == 64
+    from train.splits import read_split, split_key
+
+    splits = [read_split(d) for d in dirs]  # each machine's fold, and the whole k-fold split, the same on both
+    assert [s.fold for s in splits] == [0, 1] and split_key(dirs[0]) == split_key(dirs[1])
+    assert all(a.tolist() == b.tolist() for a, b in zip(splits[0].folds, splits[1].folds))
+    val0, val1 = splits[0].folds
+    assert not set(val0) & set(val1) and len(val0) + len(val1) == 64 and splits[0].data.n == 320
+    assert splits[0].val.tolist() == val0.tolist() and splits[1].val.tolist() == val1.tolist()
     packaged = run_cli("package", *map(str, dirs), "--out", str(tmp_path / "folds.zip"), "--tta", "1")
     assert packaged.returncode == 0, packaged.stdout + packaged.stderr
     assert "2 member(s)" in packaged.stdout

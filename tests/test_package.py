@@ -81,3 +81,20 @@ def test_run_dirs_from_before_standardization_keep_their_scaling(tmp_path):
     assert find_members(tmp_path / "old")[0].spec["preprocessing"] == "unit"
     assert find_members(tmp_path / "new")[0].spec["preprocessing"] == "standardize"
     assert "preprocessing" not in find_members(tmp_path / "pretrained")[0].spec
+
+
+def test_choose_tta_scores_each_image_on_the_members_that_did_not_train_on_it():
+    """A --folds ensemble: image i counts only the member whose fold it is; the score equals that of
+    the out-of-fold predictions, whatever the other members say."""
+    models = [runtime.build_network({"backbone": "tinycnn"}) for _ in range(2)]
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, (12, 96, 96, 3), dtype=np.uint8)
+    y = rng.integers(0, 8, 12)
+    usable = np.zeros((2, 12), bool)
+    usable[0, :6] = usable[1, 6:] = True
+    choice = choose_tta(models, {"clean": (x, y)}, usable=usable)
+    oof_labels = [runtime.TTAEnsemble([m], views=1).predict(part) for m, part in zip(models, (x[:6], x[6:]))]
+    oof = np.mean(np.concatenate(oof_labels) == y)
+    row = next(r for r in choice.table if r["name"] == "none" and r["weighting"] == "uniform")
+    assert row["clean"] == pytest.approx(oof)
+    assert np.isclose(sum(choice.member_weights), 1.0)

@@ -108,27 +108,35 @@ def package(
 
 @app.command()
 def check(
-    zip_path: Annotated[Path, typer.Argument(help="A submission zip (bcsub's or any other)")],
+    path: Annotated[Path, typer.Argument(help="A submission zip (bcsub's or any other), or a run dir (its "
+                                              "members against their training graphs)")],
     env: Annotated[bool, typer.Option("--env", help="Also run it under tensorflow 2.17 / keras 3.4.1")] = False,
 ) -> None:
-    """Validate any submission zip: blocking checks (what decides a CodaBench run) and advisory ones."""
+    """Validate any submission zip: blocking checks (what decides a CodaBench run) and advisory ones; or a
+    run dir: each member, rebuilt as the zip rebuilds it, against its training graph."""
     from tools.display import checks_table, console, print_warnings
-    from tools.package import probe_images
+    from tools.package import check_run, probe_images
     from tools.validate import describe_failure, validate_zip
     from train.data import load_dataset
 
-    sample = Path(__file__).resolve().parent.parent / "data" / "sample" / "test.npz"
-    probe = load_dataset(sample).images if sample.is_file() else probe_images(None, seed=0)
-    report, compat = validate_zip(zip_path, probe, None, check_env=env)
-    console.print(checks_table(report, f"{zip_path}"))
+    if path.is_dir():
+        report, compat = check_run([str(path)]), None
+    else:
+        sample = Path(__file__).resolve().parent.parent / "data" / "sample" / "test.npz"
+        probe = load_dataset(sample).images if sample.is_file() else probe_images(None, [], seed=0)
+        report, compat = validate_zip(path, probe, None, check_env=env)
+    console.print(checks_table(report, f"{path}"))
     if compat:
         versions = ", ".join(f"{k} {v}" for k, v in compat.versions.items())
         console.print(checks_table(compat, f"under the server's versions ({versions})"))
     print_warnings(report)
     failed = describe_failure(report, compat)
     if failed:
-        raise BcsubError(f"{zip_path}: {failed}")
-    console.print(f"[bold green]{zip_path} passed[/] the blocking checks ({report.seconds_per_1000:.1f} s per "
+        raise BcsubError(f"{path}: {failed}")
+    if report.seconds_per_1000 is None:  # a run dir
+        console.print(f"[bold green]{path} passed[/]: its networks are the ones trained")
+        return
+    console.print(f"[bold green]{path} passed[/] the blocking checks ({report.seconds_per_1000:.1f} s per "
                   f"1,000 images; projected {report.projected_seconds:.0f} s for 10,000 images"
                   + (", also under the server's versions)" if compat else ")"))
 
@@ -252,9 +260,11 @@ def inspect(
     """Report class counts, duplicates, label conflicts and outliers, with pictures."""
     from tools.display import console
     from tools.inspect_report import write_inspection
+    from train.atomic import check_output
     from train.cleaning import inspect_arrays
     from train.data import load_dataset
 
+    check_output(out, "--out", folder=True)
     dataset = load_dataset(data, require_all_classes=False)
     with console.status(f"inspecting {len(dataset)} images"):
         result = inspect_arrays(dataset.images, dataset.labels, near_threshold=near_threshold)
@@ -277,9 +287,11 @@ def clean(
     """Remove outliers and duplicate copies; writes a manifest of every removed image."""
     from tools.display import console
     from tools.inspect_report import write_clean_npz
+    from train.atomic import check_output
     from train.cleaning import inspect_arrays, plan_cleaning
     from train.data import load_dataset
 
+    check_output(out, "--out", ".npz")
     dataset = load_dataset(data, require_all_classes=False)
     result = inspect_arrays(dataset.images, dataset.labels, near_threshold=near_threshold)
     plan = plan_cleaning(result, dataset.labels, len(dataset))

@@ -16,22 +16,23 @@ import keras
 import numpy as np
 
 import submission.model as runtime
+from tools.edge_cases import check_edge_cases
+from tools.equivalence import check_equivalence, import_runtime, member_name
+from tools.eval_data import EvalData, validation_data
 from tools.tta_select import CANDIDATE_VIEW_SETS, TTAChoice, choose_tta, shifted_eval_sets
 from tools.validate import (
     CODABENCH_TIME_LIMIT_S,
     PROJECTED_IMAGES,
     ValidationReport,
     describe_failure,
+    first_failure,
     validate_zip,
 )
-from train.atomic import atomic_output
-from train.config import TrainConfig
-from train.data import Dataset, load_dataset, stratified_split, stratified_subsample
+from train.atomic import atomic_output, check_output
 from train.errors import BcsubError
-from train.runs import CONFIG_FILE, Member, find_members
+from train.runs import Member, find_members, read_equivalence
 
 RUNTIME_SOURCE = Path(runtime.__file__)
-MAX_EVAL_IMAGES = 800
 PROBE_IMAGES = 200
 # --tta auto keeps the projected time for 10,000 images under this share of the limit (servers vary).
 TIME_SHARE = 0.5
@@ -75,18 +76,23 @@ class TTAPlan:
 
 def package(options: PackageOptions, progress=print) -> PackageReport:
     """Build, validate (and optionally check under the server's versions), then publish the zip."""
-    members = find_run_members(options.run_dirs)
+    resolve_views(options.tta)
     out = output_zip(options.out)
+    members = find_run_members(options.run_dirs)
     progress(f"loading {len(members)} member(s)")
     models = load_models(members)
-    data = validation_data(members, options.val, options.seed)
-    tta = plan_tta(models, data, options, progress)
-    probe = probe_images(data, options.seed)
+    failed = first_failure(equivalence_report(members, models))  # in seconds; the zip's model.py is checked last
+    if failed:
+        raise BcsubError(f"{failed.name}: {failed.detail}")
+    data, reason = validation_data(members, options.val, options.seed) if options.tta == "auto" or options.val \
+        else (None, None)
+    tta = plan_tta(models, data, options, progress, reason)
+    probe = probe_images(data, members, options.seed)
     tta, expected = fit_time_limit(tta, models, probe, options.batch_size)
     with tempfile.TemporaryDirectory(prefix="bcsub_pkg_") as tmp:
         draft = write_draft(Path(tmp), members, tta, options.batch_size)
-        progress("validating the zip in a fresh process")
-        validation, compat = check_draft(draft, probe, expected, options.check_env)
+        progress("validating the zip in a fresh process, then its model.py here")
+        validation, compat = check_draft(draft, probe, expected, options.check_env, members)
         publish(draft, out)
     return PackageReport(out, members, tta.choice, tta.views, validation, compat, tta.notes)
 
@@ -100,10 +106,7 @@ def find_run_members(run_dirs: list[str]) -> list[Member]:
 
 def output_zip(out: str) -> Path:
     """The --out path, which must name a .zip file."""
-    path = Path(out)
-    if path.suffix != ".zip":
-        raise BcsubError(f"--out {path}: must end in .zip")
-    return path
+    return check_output(out, "--out", ".zip")
 
 
 def check_members(members: list[Member]) -> None:
@@ -132,27 +135,6 @@ def load_models(members: list[Member]) -> list:
     return models
 
 
-def validation_data(members: list[Member], val: str | None, seed: int) -> Dataset | None:
-    """The data used to choose TTA: --val, else the run's own validation split."""
-    if val:
-        data = load_dataset(val, require_all_classes=False)
-    else:
-        config_file = members[0].run_dir / CONFIG_FILE
-        if not config_file.is_file():
-            return None
-        cfg = TrainConfig.load(config_file)
-        if cfg.val and Path(cfg.val).is_file():
-            data = load_dataset(cfg.val, require_all_classes=False)
-        elif Path(cfg.data).exists() and not cfg.folds and not cfg.clean:
-            data = load_dataset(cfg.data)
-            if cfg.limit:
-                data = stratified_subsample(data, cfg.limit, cfg.seed)
-            data = stratified_split(data, cfg.val_fraction, cfg.seed)[1]
-        else:
-            return None
-    return stratified_subsample(data, MAX_EVAL_IMAGES, seed) if len(data) > MAX_EVAL_IMAGES else data
-
-
 def resolve_views(tta: str) -> tuple[str, ...] | None:
     """None for 'auto'; else the views named by a count, a candidate set name or a comma list."""
     if tta == "auto":
@@ -167,18 +149,19 @@ def resolve_views(tta: str) -> tuple[str, ...] | None:
         raise BcsubError(f"--tta {tta}: {err}; use auto, 1..8, or view names") from None
 
 
-def plan_tta(models: list, data: Dataset | None, options: PackageOptions, progress=print) -> TTAPlan:
+def plan_tta(models: list, data: EvalData | None, options: PackageOptions, progress=print,
+             reason: str | None = None) -> TTAPlan:
     """The views named by --tta; for 'auto', the views and member weights scored best on the validation
-    data and shifted copies of it (the 8 dihedral views, uniform, without validation data)."""
+    data and shifted copies of it (the 8 dihedral views, uniform, without validation data: ``reason``)."""
     uniform = [1.0 / len(models)] * len(models)
     views = resolve_views(options.tta)
     if views is not None:
         return TTAPlan(views, uniform)
     if data is None:
         return TTAPlan(runtime.DIHEDRAL_VIEWS, uniform,
-                       notes=["no validation data found (pass --val): using the 8 dihedral TTA views"])
-    progress(f"choosing TTA views and member weights on {len(data)} validation images + shifts")
-    choice = choose_tta(models, shifted_eval_sets(data, options.seed), options.batch_size)
+                       notes=[f"{reason or 'no validation data'}; using the 8 dihedral TTA views"])
+    progress(f"choosing TTA views and member weights on {len(data.data)} images of {data.source} + shifts")
+    choice = choose_tta(models, shifted_eval_sets(data.data, options.seed), options.batch_size, data.usable)
     return TTAPlan(choice.views, choice.member_weights, choice)
 
 
@@ -197,11 +180,17 @@ def fit_time_limit(tta: TTAPlan, models: list, probe: np.ndarray, batch_size: in
     return limited, expected
 
 
-def probe_images(data: Dataset | None, seed: int) -> np.ndarray:
-    """Images for the fresh-process check: validation images, or random pixels."""
+def probe_images(data: EvalData | None, members: list[Member], seed: int) -> np.ndarray:
+    """Images for the fresh-process check: validation images, else those the members kept for the
+    equivalence check, else random pixels."""
     rng = np.random.default_rng(seed)
-    if data is not None and len(data):
-        return data.images[rng.integers(0, len(data), PROBE_IMAGES)]
+    if data is not None:
+        images = data.data.images
+    else:
+        kept = [ref["images"] for ref in map(read_equivalence, (m.run_dir for m in members)) if ref is not None]
+        images = np.concatenate(kept) if kept else None
+    if images is not None and len(images):
+        return images[rng.integers(0, len(images), PROBE_IMAGES)]
     return rng.integers(0, 256, (PROBE_IMAGES, *runtime.IMAGE_SHAPE), dtype=np.uint8)
 
 
@@ -223,10 +212,13 @@ def write_draft(folder: Path, members: list[Member], tta: TTAPlan, batch_size: i
     return write_zip(staging, folder / "submission.zip")
 
 
-def check_draft(draft: Path, probe: np.ndarray, expected: np.ndarray,
-                check_env: bool) -> tuple[ValidationReport, ValidationReport | None]:
-    """Every check of the draft zip; the first blocking failure stops packaging (advisories are reported)."""
-    validation, compat = validate_zip(draft, probe, expected, check_env=check_env)
+def check_draft(draft: Path, probe: np.ndarray, expected: np.ndarray, check_env: bool,
+                members: list[Member]) -> tuple[ValidationReport, ValidationReport | None]:
+    """Every check of the draft zip, with its model.py run here against the members it was made from; the
+    first blocking failure stops packaging (advisories are reported)."""
+    validation, compat = validate_zip(draft, probe, expected, check_env=check_env,
+                                      in_process=lambda program, report: check_shipped_runtime(program, probe,
+                                                                                               members, report))
     failed = describe_failure(validation, compat)
     if failed:
         raise BcsubError(f"the packaged submission {failed}")
@@ -265,3 +257,27 @@ def write_zip(staging: Path, out: Path) -> Path:
         for file in sorted(staging.iterdir()):
             archive.write(file, arcname=file.name)
     return out
+
+
+def check_shipped_runtime(program: Path, probe: np.ndarray, members: list[Member], report: ValidationReport) -> None:
+    """In this process, the unzipped model.py (our own runtime, as shipped): each member it loads against
+    the member's training graph (blocking), then the edge-case inputs of ``predict``."""
+    shipped = import_runtime(program)
+    model = shipped.Model()
+    check_equivalence(shipped, model.ensemble.models, [read_equivalence(m.run_dir) for m in members],
+                      [member_name(m.run_dir) for m in members], report)
+    check_edge_cases(model, probe, report)
+
+
+def equivalence_report(members: list[Member], models: list) -> ValidationReport:
+    """Each member, rebuilt as the runtime rebuilds it (``models``), against its training graph."""
+    report = ValidationReport()
+    check_equivalence(runtime, models, [read_equivalence(m.run_dir) for m in members],
+                      [member_name(m.run_dir) for m in members], report)
+    return report
+
+
+def check_run(run_dirs: list[str]) -> ValidationReport:
+    """`bcsub check RUN_DIR`: the equivalence check of every member."""
+    members = find_run_members(run_dirs)
+    return equivalence_report(members, load_models(members))

@@ -9,7 +9,6 @@ a run never raises."""
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 import zipfile
@@ -24,10 +23,10 @@ from train.runs import (
     HISTORY_FILE,
     METRICS_FILE,
     MODEL_SPEC_FILE,
-    SPLIT_FILE,
     WEIGHTS_FILE,
     is_complete_run,
 )
+from train.splits import split_key
 
 # A folder holding any of these is a run dir (complete or not); its sub-folders are its members.
 RUN_MARKERS = (CONFIG_FILE, METRICS_FILE, ENSEMBLE_FILE, MODEL_SPEC_FILE)
@@ -129,10 +128,7 @@ def _fill(row: RunRow, run_dir: Path, zips: list[Path]) -> None:
         row.notes.append("validation: mean of the members")
     if config.get("fold") is not None:
         row.fold = f"{config['fold']}/{config.get('folds')}"
-    split = _read_json(run_dir / SPLIT_FILE)
-    if split:
-        key = json.dumps([split.get("labels_sha256"), split.get("val_indices")]).encode()
-        row.split = hashlib.sha256(key).hexdigest()[:8]
+    row.split = split_key(run_dir)
     if row.status == "complete":
         _fill_scores(row, member_dirs, zips)
 

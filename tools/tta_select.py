@@ -60,7 +60,7 @@ class TTAChoice:
 
 
 def choose_tta(models: list, eval_sets: dict[str, tuple[np.ndarray, np.ndarray]],
-               batch_size: int = 256) -> TTAChoice:
+               batch_size: int = 256, usable: np.ndarray | None = None) -> TTAChoice:
     """Score every candidate view set with uniform and accuracy-weighted members, with and without
     test-time BatchNorm adaptation; keep the best.
 
@@ -68,15 +68,18 @@ def choose_tta(models: list, eval_sets: dict[str, tuple[np.ndarray, np.ndarray]]
     clean accuracy and the mean shifted accuracy, so robustness counts as much as clean accuracy. An
     adapted candidate is eligible only where it raises the shifted accuracy of the same candidate without
     adaptation and costs at most ``ADAPT_MAX_CLEAN_COST`` of its clean accuracy (each set adapts to itself,
-    as the hidden set will).
+    as the hidden set will). ``usable`` (members, n): which members may predict which image (those that did
+    not train on it: one per image for a --folds run); each image is scored on the weighted average of those.
     """
     all_views = CANDIDATE_VIEW_SETS["dihedral8+photo"]
     labels = {name: y for name, (_, y) in eval_sets.items()}
     probs = {None: _view_probabilities(models, all_views, batch_size, None, eval_sets)}
     if any(BatchNormAdaptation(m, ADAPT_PRIOR).layers for m in models):
         probs[ADAPT_PRIOR] = _view_probabilities(models, all_views, batch_size, ADAPT_PRIOR, eval_sets)
-    member_acc = np.mean([[np.mean(p[m].mean(0).argmax(1) == labels[name]) for m in range(len(models))]
-                          for name, p in probs[None].items()], axis=0)
+    n = len(next(iter(labels.values())))
+    mask = np.ones((len(models), n)) if usable is None else np.asarray(usable, np.float64)
+    member_acc = np.mean([[np.mean((p[m].mean(0).argmax(1) == labels[name])[mask[m] > 0])
+                           for m in range(len(models))] for name, p in probs[None].items()], axis=0)
     weightings = {"uniform": np.ones(len(models))}
     if len(models) > 1:
         weightings["accuracy"] = np.maximum(member_acc - member_acc.min() + 0.01, 0.01)
@@ -86,8 +89,10 @@ def choose_tta(models: list, eval_sets: dict[str, tuple[np.ndarray, np.ndarray]]
             idx = [all_views.index(v) for v in views]
             for weight_name, weights in weightings.items():
                 w = weights / weights.sum()
-                acc = {name: float(np.mean(np.einsum("m,mvnc->nc", w, p[:, idx]).argmax(1) == labels[name]))
-                       for name, p in set_probs.items()}
+                per_image = w[:, None] * mask
+                per_image /= per_image.sum(axis=0, keepdims=True)
+                acc = {name: float(np.mean(np.einsum("mn,mvnc->nc", per_image, p[:, idx]).argmax(1)
+                                           == labels[name])) for name, p in set_probs.items()}
                 shifted = [a for name, a in acc.items() if name != "clean"]
                 row = {"name": set_name, "views": len(views), "weighting": weight_name, "adapt_bn": adapt,
                        "clean": acc.get("clean", float("nan")),

@@ -15,6 +15,7 @@ import ast
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -239,9 +240,11 @@ def check_working_directory(program: Path, probe: np.ndarray, report: Validation
 
 
 def validate_zip(zip_path: Path, probe: np.ndarray, expected: np.ndarray | None = None,
-                 check_env: bool = False) -> tuple[ValidationReport, ValidationReport | None]:
-    """Every check of a zip: layout and imports, the replica run and the advisory checks; with
-    ``check_env`` the blocking run again under the server's versions (whatever the advisories said)."""
+                 check_env: bool = False, in_process: Callable[[Path, ValidationReport], None] | None = None
+                 ) -> tuple[ValidationReport, ValidationReport | None]:
+    """Every check of a zip: layout and imports, the replica run and the advisory checks; ``in_process``
+    (`bcsub package`: its own zip's model.py against the trained members) once the replica run passed;
+    with ``check_env`` the blocking run again under the server's versions (whatever the advisories said)."""
     report = ValidationReport()
     compat = None
     with tempfile.TemporaryDirectory(prefix="bcsub_check_") as tmp:
@@ -252,6 +255,8 @@ def validate_zip(zip_path: Path, probe: np.ndarray, expected: np.ndarray | None 
         validate_extracted(program, probe, expected, report)
         if any(c.name == "Model()" and c.ok for c in report.checks):
             check_working_directory(program, probe, report)
+        if in_process is not None and report.ok:
+            in_process(program, report)
         if check_env:
             from tools.compat_env import SERVER_VERSIONS, compat_python
 

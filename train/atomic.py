@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from train.errors import BcsubError
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -55,3 +57,18 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"cannot serialise {type(obj).__name__}")
+
+
+def check_output(path: str | Path, option: str, suffix: str | None = None, folder: bool = False) -> Path:
+    """``path`` if a command may write it there (checked before any work): a file path ending in ``suffix``
+    that is not a folder, or (``folder``) a path that is not a file. ``option`` names it in the error."""
+    path = Path(path)
+    if folder:
+        if path.exists() and not path.is_dir():
+            raise BcsubError(f"{option} {path}: is a file; pass a folder")
+        return path
+    if suffix and path.suffix != suffix:
+        raise BcsubError(f"{option} {path}: must end in {suffix}")
+    if path.is_dir():
+        raise BcsubError(f"{option} {path}: is a folder; pass a file name ending in {suffix or 'a suffix'}")
+    return path

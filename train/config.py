@@ -60,6 +60,10 @@ def option(default=MISSING, help: str = "", flag: str | None = None, path: bool 
     return field(default=default, metadata={"help": help, "path": path, **({"flag": flag} if flag else {})})
 
 
+def _resolved(path: str) -> str:
+    return str(Path(path).expanduser().resolve())
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines a training run; saved as ``config.json`` in the run dir."""
@@ -133,6 +137,11 @@ class TrainConfig:
             raise BcsubError("--polish-epochs must be >= 0 (0: off) and --polish-lr-factor in (0, 1]")
         if not 0.0 <= self.ema_momentum < 1.0:
             raise BcsubError("--ema-momentum must be in [0, 1): 0 turns it off, 0.99 is typical")
+        # Stored resolved: a run dir keeps naming the same files from any working directory.
+        self.data, self.out = _resolved(self.data), _resolved(self.out)
+        self.val = _resolved(self.val) if self.val else None
+        if self.weights.lower() not in ("imagenet", "none"):
+            self.weights = _resolved(self.weights)
 
     @classmethod
     def from_options(cls, preset: str | None = None, **options) -> TrainConfig:

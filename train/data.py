@@ -33,11 +33,17 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
 @dataclass
 class Dataset:
-    """Images (N, 96, 96, 3) uint8 with labels (N,) int64."""
+    """Images (N, 96, 96, 3) uint8 with labels (N,) int64; ``index``: where each image is in ``source``
+    (kept through ``subset``, so a split can be recorded as positions in the file)."""
 
     images: np.ndarray
     labels: np.ndarray
     source: str
+    index: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.index is None:
+            self.index = np.arange(len(self.labels))
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -46,7 +52,7 @@ class Dataset:
         return np.bincount(self.labels, minlength=NUM_CLASSES)
 
     def subset(self, index: np.ndarray) -> Dataset:
-        return Dataset(self.images[index], self.labels[index], self.source)
+        return Dataset(self.images[index], self.labels[index], self.source, self.index[index])
 
 
 def load_dataset(path: str | Path, require_all_classes: bool = True) -> Dataset:
@@ -156,17 +162,23 @@ def validate(dataset: Dataset, require_all_classes: bool = True) -> None:
         dataset.images = np.clip(np.rint(dataset.images), 0, 255).astype(np.uint8)
 
 
+def stratified_sample(labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
+    """Sorted positions of about ``limit`` images with the class proportions of ``labels`` (at least 2 per
+    class); all positions when ``limit`` is not below their number."""
+    if limit >= len(labels):
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    counts = np.bincount(labels, minlength=NUM_CLASSES)
+    quota = np.maximum(np.minimum(counts, 2), np.floor(counts / counts.sum() * limit).astype(int))
+    keep = [rng.permutation(np.flatnonzero(labels == c))[: quota[c]] for c in range(NUM_CLASSES)]
+    return np.sort(np.concatenate(keep))
+
+
 def stratified_subsample(dataset: Dataset, limit: int, seed: int) -> Dataset:
     """Keep about ``limit`` images with the class proportions of ``dataset`` (at least 2 per class)."""
     if limit >= len(dataset):
         return dataset
-    rng = np.random.default_rng(seed)
-    counts = dataset.class_counts()
-    quota = np.maximum(np.minimum(counts, 2), np.floor(counts / counts.sum() * limit).astype(int))
-    keep = [
-        rng.permutation(np.flatnonzero(dataset.labels == c))[: quota[c]] for c in range(NUM_CLASSES)
-    ]
-    return dataset.subset(np.sort(np.concatenate(keep)))
+    return dataset.subset(stratified_sample(dataset.labels, limit, seed))
 
 
 def stratified_split(dataset: Dataset, val_fraction: float, seed: int) -> tuple[Dataset, Dataset]:

@@ -72,7 +72,8 @@ class MemberFit:
         self.size = training_input_size(self.spec)
         self.val_ds = evaluation_dataset(self.val_data.images, self.val_data.labels, self.batch_size, self.size)
         with self.strategy.scope():
-            self.model = build_pretrained_network(self.spec, cfg.weights, cfg.l2, input_size=self.size)
+            self.model = build_pretrained_network(self.spec, cfg.weights, cfg.l2, input_size=self.size,
+                                                  images=self.train_data.images[::max(1, len(self.train_data) // 4)])
 
     def train_batches(self, augment: str) -> tuple[tf.data.Dataset, int]:
         """Augmented training batches for one preset (stages with the same preset share them)."""

@@ -10,13 +10,16 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from submission.model import WEIGHTS_FORMAT, TTAEnsemble, build_network, save_weights
-from train.atomic import atomic_output, write_json
+from submission.model import WEIGHTS_FORMAT, TTAEnsemble, assign_weights, build_network, save_weights
+from train.atomic import atomic_output, write_json, write_text
 from train.callbacks import write_png_summary
 from train.data import Dataset
 from train.errors import BcsubError
 from train.metrics import score
+from train.pipeline import resize_batch
 from train.plots import plot_confusion, plot_curves
+from train.precision import float32_compute
+from train.splits import SPLIT_FILE
 
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.csv"
@@ -27,8 +30,10 @@ ENSEMBLE_FILE = "ensemble.json"
 VAL_PREDICTIONS_FILE = "val_predictions.npz"
 OOF_PREDICTIONS_FILE = "oof_predictions.npz"
 CLEANING_FILE = "cleaning.json"
-SPLIT_FILE = "split.json"
 TENSORBOARD_DIR = "tb"
+EQUIVALENCE_FILE = "equivalence.npz"
+# Validation images whose training-graph probabilities a run keeps (with the images) for `bcsub package`.
+EQUIVALENCE_IMAGES = 128
 # Runs written before model.json recorded the preprocessing: the from-scratch nets then scaled to [0, 1].
 LEGACY_PREPROCESSING = {"tinycnn": "unit", "resnet-small": "unit"}
 
@@ -50,6 +55,29 @@ def read_val_probs(run_dir: Path) -> np.ndarray:
     """The validation softmax (n, classes) a finished run saved."""
     with np.load(run_dir / VAL_PREDICTIONS_FILE, allow_pickle=False) as saved:
         return saved["probs"]
+
+
+def read_equivalence(run_dir: Path) -> dict[str, np.ndarray] | None:
+    """What ``write_equivalence`` saved (images, labels, probs, index), or None for a run trained before."""
+    path = run_dir / EQUIVALENCE_FILE
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as saved:
+        return {key: saved[key] for key in saved.files}
+
+
+def write_equivalence(trained: keras.Model, val: Dataset, out: Path) -> Path:
+    """The training graph's own softmax (the identity view, at the input size it trained on, in float32) on
+    up to ``EQUIVALENCE_IMAGES`` validation images spread over the set, saved with those images: `bcsub
+    package` checks that the network it ships computes the same."""
+    pick = np.unique(np.linspace(0, len(val) - 1, min(len(val), EQUIVALENCE_IMAGES)).round().astype(int))
+    images = val.images[pick]
+    with float32_compute(trained):
+        probs = trained.predict(resize_batch(images, trained.input_shape[1]), batch_size=64, verbose=0)
+    with atomic_output(out / EQUIVALENCE_FILE) as tmp, open(tmp, "wb") as handle:
+        np.savez_compressed(handle, images=images, labels=val.labels[pick], probs=np.asarray(probs, np.float32),
+                            index=val.index[pick])
+    return out / EQUIVALENCE_FILE
 
 
 @dataclass
@@ -76,10 +104,12 @@ def write_ensemble(out: Path, results: list[MemberResult], oof_metrics: dict | N
 
 
 def finish_run(trained: keras.Model, spec: dict, val: Dataset, out: Path, train_seconds: float) -> dict:
-    """Write metrics and plots, then the weights and model spec last (their presence marks completion)."""
+    """Write metrics, plots and the training graph's reference probabilities, then the weights and model
+    spec last (their presence marks completion)."""
     out.mkdir(parents=True, exist_ok=True)
+    write_equivalence(trained, val, out)
     model = build_network(spec)  # the shipping network (96 px input), with the trained weights
-    model.set_weights(trained.get_weights())
+    assign_weights(model, trained.get_weights())
     metrics = write_validation(TTAEnsemble([model]).predict_proba(val.images), val, out, train_seconds,
                                spec["backbone"])
     with atomic_output(out / WEIGHTS_FILE) as tmp:
@@ -94,7 +124,9 @@ def finish_snapshot_run(trained: keras.Model, snapshots: dict[str, list], spec: 
     average here, and ``ensemble.json`` last (it marks completion; ``bcsub package`` reads it)."""
     members = []
     for name, weights in snapshots.items():
-        trained.set_weights(weights)
+        assign_weights(trained, weights)
+        if (out / SPLIT_FILE).is_file():  # each snapshot is a complete run, with the split it trained on
+            write_text(out / name / SPLIT_FILE, (out / SPLIT_FILE).read_text())
         members.append(MemberResult(name, spec["backbone"], seed, finish_run(trained, spec, val, out / name,
                                                                             train_seconds)))
     probs = np.mean([read_val_probs(out / name) for name in snapshots], axis=0)

@@ -1,17 +1,19 @@
-"""`bcsub train` from a ``TrainConfig``: check the run dir, prepare the data, then fit one network, K
-members (seeds or backbones) or K folds, each with ``fit_member``, and write the ensemble."""
+"""`bcsub train` from a ``TrainConfig``: check every input and plan the members and their splits (nothing
+written yet), then write the run dir: config, cleaning record, split, and one network, K members (seeds or
+backbones), K folds or one fold (``--fold I``), each with ``fit_member``, and the ensemble."""
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from submission.model import NUM_CLASSES
 from train.atomic import write_json
+from train.backbones import resolve_weights
 from train.config import TrainConfig
 from train.data import Dataset, load_dataset, stratified_split, stratified_subsample
 from train.errors import BcsubError
@@ -19,15 +21,33 @@ from train.fit import fit_member
 from train.metrics import score
 from train.multiworker import lost_workers_fail_clearly, read_tf_config, worker_out
 from train.planner import BudgetShare
-from train.runs import (
-    CLEANING_FILE,
-    CONFIG_FILE,
-    OOF_PREDICTIONS_FILE,
-    SPLIT_FILE,
-    MemberResult,
-    read_val_probs,
-    write_ensemble,
-)
+from train.runs import CLEANING_FILE, CONFIG_FILE, OOF_PREDICTIONS_FILE, MemberResult, read_val_probs, write_ensemble
+from train.splits import DataFile, Split, check_same_split, write_fold_splits, write_split
+
+
+@dataclass
+class PreparedData:
+    """The training data (cleaned and subsampled as asked), the validation data when --val gave it, the
+    files they came from, and what cleaning removed."""
+
+    train: Dataset
+    val: Dataset | None
+    data_file: DataFile
+    val_file: DataFile | None
+    cleaning: dict | None = None
+
+
+@dataclass
+class MemberPlan:
+    """One network to fit: its folder (relative to the run dir), backbone, seed and split."""
+
+    name: str
+    backbone: str
+    seed: int
+    train: Dataset
+    val: Dataset
+    split: Split
+    val_positions: np.ndarray | None = None  # a fold's validation images, as positions in the training data
 
 
 def run_training(cfg: TrainConfig) -> list[MemberResult]:
@@ -49,25 +69,32 @@ def run_training(cfg: TrainConfig) -> list[MemberResult]:
 def _train(cfg: TrainConfig) -> list[MemberResult]:
     out = Path(cfg.out)
     check_resumable(cfg, out)
+    for backbone in cfg.backbones:
+        resolve_weights(cfg.weights, backbone)
+    data = prepare_data(cfg)
+    plans = plan_members(cfg, data)
+    for plan in plans:
+        check_same_split(out / plan.name, plan.split)
     write_json(out / CONFIG_FILE, cfg.to_json())
-    train, val = prepare_data(cfg)
-    if cfg.folds:
-        return _train_folds(cfg, train, out)
-    if val is None:
-        train, val = stratified_split(train, cfg.val_fraction, cfg.seed)
-    n_members = max(cfg.members, len(cfg.backbones))
-    budget = BudgetShare(cfg.time_budget_minutes)
-    if n_members == 1:
-        return [_fit(cfg, out, ".", cfg.backbone, cfg.seed, train, val, budget.next(1))]
-    results = [_fit(cfg, out, f"member_{k}", cfg.backbones[k % len(cfg.backbones)], cfg.seed + k, train, val,
-                    budget.next(n_members - k))
-               for k in range(n_members)]
-    write_ensemble(out, results)
+    if data.cleaning is not None:
+        write_json(out / CLEANING_FILE, data.cleaning)
+    if cfg.folds and cfg.fold is None:
+        write_fold_splits(out, [plan.split for plan in plans])
+    else:
+        write_split(out, plans[0].split)
+    budget = BudgetShare(cfg.time_budget_minutes)  # the members share the time budget
+    results = [_fit(cfg, out, plan, budget.next(len(plans) - k)) for k, plan in enumerate(plans)]
+    if cfg.folds and cfg.fold is None:
+        _write_oof(out, data.train, plans, results)
+    elif len(plans) > 1:
+        write_ensemble(out, results)
     return results
 
 
 def check_resumable(cfg: TrainConfig, out: Path) -> None:
-    """Refuse to resume into a run dir that was made with a different configuration."""
+    """Refuse an --out that is a file, or a run dir that was made with a different configuration."""
+    if out.exists() and not out.is_dir():
+        raise BcsubError(f"--out {out}: is a file; pass a folder for the run")
     saved = out / CONFIG_FILE
     if not saved.is_file():
         return
@@ -81,41 +108,66 @@ def check_resumable(cfg: TrainConfig, out: Path) -> None:
         )
 
 
-def prepare_data(cfg: TrainConfig) -> tuple[Dataset, Dataset | None]:
-    """Load (and optionally clean and subsample) the training data and the validation data."""
-    train = load_dataset(cfg.data)
-    if cfg.clean:
-        train = clean_dataset(train, Path(cfg.out))
+def prepare_data(cfg: TrainConfig) -> PreparedData:
+    """Load and check the training data (then clean and subsample it) and the validation data."""
+    full = load_dataset(cfg.data)
+    train, cleaning = clean_dataset(full) if cfg.clean else (full, None)
     if cfg.limit:
         train = stratified_subsample(train, cfg.limit, cfg.seed)
-    val = None
+    val = val_file = None
     if cfg.val:
         val = load_dataset(cfg.val, require_all_classes=False)
+        val_file = DataFile.of(val)
         if cfg.limit:
             val = stratified_subsample(val, max(64, cfg.limit // 4), cfg.seed)
-    return train, val
+    return PreparedData(train, val, DataFile.of(full), val_file, cleaning)
 
 
-def clean_dataset(dataset: Dataset, out: Path) -> Dataset:
-    """Drop outliers and duplicate copies (see `bcsub inspect`), writing what was removed."""
+def clean_dataset(dataset: Dataset) -> tuple[Dataset, dict]:
+    """Drop outliers and duplicate copies (see `bcsub inspect`); returns what was kept and a record of
+    what was removed (written to the run dir once every input is checked)."""
     from train.cleaning import inspect_arrays, plan_cleaning
 
     result = inspect_arrays(dataset.images, dataset.labels)
     plan = plan_cleaning(result, dataset.labels, len(dataset.labels))
-    write_json(out / CLEANING_FILE, {"source": dataset.source, "kept": int(plan.keep.sum()),
-                                     "removed": plan.removed})
-    return dataset.subset(np.flatnonzero(plan.keep))
+    record = {"source": dataset.source, "kept": int(plan.keep.sum()), "removed": plan.removed}
+    return dataset.subset(np.flatnonzero(plan.keep)), record
 
 
-def _fit(cfg: TrainConfig, out: Path, name: str, backbone: str, seed: int, train: Dataset,
-         val: Dataset, budget_s: float | None = None) -> MemberResult:
-    """Fit one member into ``out / name``; a member folder gets its own ``config.json`` (its backbone
-    and seed), the run dir's is written once by ``run_training``."""
-    member_dir = out / name
-    if name != ".":
-        write_json(member_dir / CONFIG_FILE, {**cfg.to_json(), "backbone": backbone, "seed": seed})
-    metrics = fit_member(cfg, train, val, member_dir, backbone=backbone, seed=seed, budget_s=budget_s)
-    return MemberResult(name, backbone, seed, metrics)
+def plan_members(cfg: TrainConfig, data: PreparedData) -> list[MemberPlan]:
+    """The networks to fit and the split of each: K folds (or fold I alone, in the run dir, seed + I as in
+    the whole run), or one split shared by one network or K members."""
+    if cfg.folds:
+        folds = fold_splits(data.train.labels, cfg.folds, cfg.seed)
+        partition = [data.train.index[val_idx] for _, val_idx in folds]  # the same on every machine
+        plans = []
+        for k, (train_idx, val_idx) in enumerate(folds):
+            train, val = data.train.subset(train_idx), data.train.subset(val_idx)
+            name = "." if cfg.fold is not None else f"fold_{k}"
+            plans.append(MemberPlan(name, cfg.backbones[k % len(cfg.backbones)], cfg.seed + k, train, val,
+                                    Split(data.data_file, None, train.index, val.index, k, partition), val_idx))
+        return plans if cfg.fold is None else [plans[cfg.fold]]
+    train, val = data.train, data.val
+    if val is None:
+        train, val = stratified_split(train, cfg.val_fraction, cfg.seed)
+    split = Split(data.data_file, data.val_file, train.index, val.index)
+    n_members = max(cfg.members, len(cfg.backbones))
+    if n_members == 1:
+        return [MemberPlan(".", cfg.backbone, cfg.seed, train, val, split)]
+    return [MemberPlan(f"member_{k}", cfg.backbones[k % len(cfg.backbones)], cfg.seed + k, train, val, split)
+            for k in range(n_members)]
+
+
+def _fit(cfg: TrainConfig, out: Path, plan: MemberPlan, budget_s: float | None = None) -> MemberResult:
+    """Fit one member into ``out / plan.name``; a member folder gets its own ``config.json`` (its backbone
+    and seed) and ``split.json``, the run dir's are written once by ``run_training``."""
+    member_dir = out / plan.name
+    if plan.name != ".":
+        write_json(member_dir / CONFIG_FILE, {**cfg.to_json(), "backbone": plan.backbone, "seed": plan.seed})
+        write_split(member_dir, plan.split)
+    metrics = fit_member(cfg, plan.train, plan.val, member_dir, backbone=plan.backbone, seed=plan.seed,
+                         budget_s=budget_s)
+    return MemberResult(plan.name, plan.backbone, plan.seed, metrics)
 
 
 def fold_splits(labels: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -128,30 +180,10 @@ def fold_splits(labels: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndar
     return list(splitter.split(np.zeros(len(labels)), labels))
 
 
-def split_record(data: Dataset, splits: list[tuple[np.ndarray, np.ndarray]], cfg: TrainConfig) -> dict:
-    """``split.json``: what makes two k-fold runs (e.g. one fold per machine) share one split."""
-    return {"folds": cfg.folds, "fold": cfg.fold, "seed": cfg.seed, "data": data.source, "n_images": len(data),
-            "labels_sha256": hashlib.sha256(np.ascontiguousarray(data.labels, np.int64).tobytes()).hexdigest(),
-            "val_indices": [val.tolist() for _, val in splits]}
-
-
-def _train_folds(cfg: TrainConfig, data: Dataset, out: Path) -> list[MemberResult]:
-    """Stratified k-fold: member k validates on fold k; out-of-fold predictions are saved. With ``--fold I``
-    the run dir is fold I alone (seed + I, like fold I of the whole run)."""
-    splits = fold_splits(data.labels, cfg.folds, cfg.seed)
-    write_json(out / SPLIT_FILE, split_record(data, splits, cfg))
-    if cfg.fold is not None:
-        train_idx, val_idx = splits[cfg.fold]
-        return [_fit(cfg, out, ".", cfg.backbones[cfg.fold % len(cfg.backbones)], cfg.seed + cfg.fold,
-                     data.subset(train_idx), data.subset(val_idx))]
+def _write_oof(out: Path, data: Dataset, plans: list[MemberPlan], results: list[MemberResult]) -> None:
+    """Out-of-fold predictions (member k predicts fold k) and the ensemble with their metrics."""
     oof = np.zeros((len(data), NUM_CLASSES), np.float32)
-    results = []
-    budget = BudgetShare(cfg.time_budget_minutes)
-    for k, (train_idx, val_idx) in enumerate(splits):
-        result = _fit(cfg, out, f"fold_{k}", cfg.backbones[k % len(cfg.backbones)], cfg.seed + k,
-                      data.subset(train_idx), data.subset(val_idx), budget.next(cfg.folds - k))
-        oof[val_idx] = read_val_probs(out / result.name)
-        results.append(result)
+    for plan in plans:
+        oof[plan.val_positions] = read_val_probs(out / plan.name)
     np.savez(out / OOF_PREDICTIONS_FILE, probs=oof, labels=data.labels)
     write_ensemble(out, results, oof_metrics=score(data.labels, oof.argmax(axis=1)))
-    return results

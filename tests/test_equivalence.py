@@ -48,3 +48,18 @@ def test_mixed_precision_training_graph_is_recorded_in_float32(tmp_path, sample_
     runtime.assign_weights(shipped, trained.get_weights())
     result = compare_member(runtime, shipped, read_equivalence(tmp_path), "mixed")
     assert result.ok and result.n == 16 and result.max_difference <= TOLERANCE
+
+
+def test_the_reference_carries_the_prior_correction_the_spec_adds(tmp_path, sample_test):
+    """A balanced run ships logit offsets its training graph never had: the reference applies them exactly,
+    so the shipped network matches it; a reference without them would not."""
+    spec = {"backbone": "tinycnn", "image_size": 48, "preprocessing": "standardize"}
+    offsets = [1.5, -1.0, 0.5, 0.0, -0.5, 2.0, -2.0, 0.25]
+    trained = runtime.build_network(spec, input_size=48)
+    shipped = runtime.build_network({**spec, "logit_offsets": offsets})
+    runtime.assign_weights(shipped, trained.get_weights())
+    val = Dataset(sample_test[0][:16], sample_test[1][:16], "sample")
+    write_equivalence(trained, val, tmp_path, offsets)
+    assert compare_member(runtime, shipped, read_equivalence(tmp_path), "balanced").ok
+    write_equivalence(trained, val, tmp_path)
+    assert not compare_member(runtime, shipped, read_equivalence(tmp_path), "balanced").ok

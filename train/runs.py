@@ -66,16 +66,21 @@ def read_equivalence(run_dir: Path) -> dict[str, np.ndarray] | None:
         return {key: saved[key] for key in saved.files}
 
 
-def write_equivalence(trained: keras.Model, val: Dataset, out: Path) -> Path:
+def write_equivalence(trained: keras.Model, val: Dataset, out: Path, logit_offsets: list[float] | None = None) -> Path:
     """The training graph's own softmax (the identity view, at the input size it trained on, in float32) on
     up to ``EQUIVALENCE_IMAGES`` validation images spread over the set, saved with those images: `bcsub
-    package` checks that the network it ships computes the same."""
+    package` checks that the network it ships computes the same. ``logit_offsets``: the prior correction
+    the shipped spec adds to the logits, applied here exactly (softmax(z + o) = p * exp(o), renormalised)."""
     pick = np.unique(np.linspace(0, len(val) - 1, min(len(val), EQUIVALENCE_IMAGES)).round().astype(int))
     images = val.images[pick]
     with float32_compute(trained):
-        probs = trained.predict(resize_batch(images, trained.input_shape[1]), batch_size=64, verbose=0)
+        probs = np.asarray(trained.predict(resize_batch(images, trained.input_shape[1]), batch_size=64, verbose=0),
+                           np.float64)
+    if logit_offsets:
+        probs = probs * np.exp(np.asarray(logit_offsets, np.float64))
+        probs /= probs.sum(axis=1, keepdims=True)
     with atomic_output(out / EQUIVALENCE_FILE) as tmp, open(tmp, "wb") as handle:
-        np.savez_compressed(handle, images=images, labels=val.labels[pick], probs=np.asarray(probs, np.float32),
+        np.savez_compressed(handle, images=images, labels=val.labels[pick], probs=probs.astype(np.float32),
                             index=val.index[pick])
     return out / EQUIVALENCE_FILE
 
@@ -107,7 +112,7 @@ def finish_run(trained: keras.Model, spec: dict, val: Dataset, out: Path, train_
     """Write metrics, plots and the training graph's reference probabilities, then the weights and model
     spec last (their presence marks completion)."""
     out.mkdir(parents=True, exist_ok=True)
-    write_equivalence(trained, val, out)
+    write_equivalence(trained, val, out, spec.get("logit_offsets"))
     model = build_network(spec)  # the shipping network (96 px input), with the trained weights
     assign_weights(model, trained.get_weights())
     metrics = write_validation(TTAEnsemble([model]).predict_proba(val.images), val, out, train_seconds,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tools.harness import check_predictions
+from tools.contract import judge_output
 from tools.validate import ValidationReport
 
 EDGE_IMAGES = 8
@@ -75,10 +75,11 @@ def check_edge_cases(model, probe: np.ndarray, report: ValidationReport) -> None
             report.add(f"predict: {name}", False, f"returned labels {labels.shape} instead of refusing", advisory=True)
             continue
         expected = np.asarray(model.predict(case.clean(x)))
-        problem = check_predictions(labels, len(expected))
-        if problem:
-            report.add(f"predict: {name}", False, problem)
+        verdict = judge_output(labels, len(expected))
+        if verdict.problem:
+            report.add(f"predict: {name}", False, verdict.problem)
             continue
+        labels = verdict.labels
         agree = float(np.mean(labels == expected)) if len(expected) else 1.0
         note = "; notes it on stderr" if stderr.getvalue().strip() else ""
         report.add(f"predict: {name}", agree >= AGREEMENT,

@@ -73,9 +73,10 @@ def write_equivalence(trained: keras.Model, val: Dataset, out: Path, logit_offse
     the shipped spec adds to the logits, applied here exactly (softmax(z + o) = p * exp(o), renormalised)."""
     pick = np.unique(np.linspace(0, len(val) - 1, min(len(val), EQUIVALENCE_IMAGES)).round().astype(int))
     images = val.images[pick]
-    with float32_compute(trained):
-        probs = np.asarray(trained.predict(resize_batch(images, trained.input_shape[1]), batch_size=64, verbose=0),
-                           np.float64)
+    x = resize_batch(images, trained.input_shape[1])
+    with float32_compute(trained):  # called directly, not through predict: no distribution strategy involved
+        probs = np.concatenate([np.asarray(trained(x[k:k + 64], training=False), np.float64)
+                                for k in range(0, len(images), 64)])
     if logit_offsets:
         probs = probs * np.exp(np.asarray(logit_offsets, np.float64))
         probs /= probs.sum(axis=1, keepdims=True)

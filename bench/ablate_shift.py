@@ -9,7 +9,7 @@ views, without and with test-time BatchNorm adaptation. Writes ``bench/results/s
     python bench/ablate_shift.py train [--only NAME,...]   # resumable: finished runs are kept
     python bench/ablate_shift.py score
 
-Not part of ``make bench`` (about 15 minutes of training per candidate on 2 cores).
+Not part of ``make bench`` (about 10 minutes of training per candidate on an idle 2-core machine).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 
 from train import config  # noqa: E402
 
-EPOCHS = int(os.environ.get("ABLATE_EPOCHS", "30"))
+EPOCHS = int(os.environ.get("ABLATE_EPOCHS", "20"))
 V3 = ("dihedral", "geometry", "randaugment", "colour", "degrade")
 # name -> (parts, CutMix/MixUp per batch)
 CANDIDATES: dict[str, tuple[tuple[str, ...], bool]] = {

@@ -3,7 +3,7 @@
 1. ``train``: re-train the published AN2DL 2024 recipes (``bench/calibration_recipes.py``) on
    pbc96_train (validation: pbc96_val) and package each as its team did: the official template
    ``model.py`` + ``weights.keras``. Resumable: a finished recipe is not retrained.
-2. ``tune``: a grid over the hidden-shift parameters (``tools/shift/hidden.py``), scored on pbc96_val
+2. ``tune``: a random search over the hidden-shift parameters (``tools/shift/hidden.py``), scored on pbc96_val
    (never the test split), against the published scores of every recipe but ``HELD_OUT``; the chosen
    values go into ``CALIBRATED`` by hand. Writes ``bench/results/calibration_grid.json``.
 3. ``score``: ``bcsub local-score`` (clean + the calibrated hidden suite) of every zip on pbc96_test;
@@ -30,8 +30,10 @@ RESULTS = ROOT / "bench" / "results" / "calibration.json"
 GRID_RESULTS = ROOT / "bench" / "results" / "calibration_grid.json"
 # Kept out of the tuning: its error is the honest figure (a mid-range point the suite must interpolate).
 HELD_OUT = "course-simple-randaugment"
-GRID = {"magnitude": (0.5, 0.65, 0.8, 1.0), "ops_per_image": (1, 2, 3), "overlay_prob": (0.25, 0.5, 0.75),
-        "cutout_prob": (0.0, 0.3)}
+# The random search's space: (low, high) ranges are uniform, lists a choice. See tools/shift/hidden.py.
+SPACE = {"magnitude": (0.2, 1.0), "ops_per_image": [1, 2, 3], "colour": (0.0, 1.0), "tone": (0.0, 1.0),
+         "geometry": (0.3, 1.0), "overlay_prob": (0.0, 0.8), "overlay_alpha_max": (0.3, 0.6),
+         "cutout_prob": (0.0, 0.8)}
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
@@ -142,31 +144,69 @@ def errors(predicted: dict[str, float], recipes: dict) -> dict:
             "concordant_pairs": f"{concordant}/{len(pairs)}", "errors": diffs}
 
 
-def tune() -> None:
-    """Grid-search the hidden shift on pbc96_val against the published scores (HELD_OUT excluded)."""
-    import itertools
+def sample_params(rng: np.random.Generator) -> dict:
+    """One random point of ``SPACE`` (ranges uniform, lists a choice)."""
+    out = {}
+    for key, space in SPACE.items():
+        if isinstance(space, list):
+            out[key] = space[int(rng.integers(len(space)))]
+        else:
+            out[key] = round(float(rng.uniform(*space)), 2)
+    return out
 
-    from tools.shift.hidden import CALIBRATED, HiddenShift, hidden_shift
+
+def as_shift(params: dict):
+    from tools.shift.hidden import HiddenShift
+
+    values = dict(params)
+    values["overlay_alpha"] = (0.1, values.pop("overlay_alpha_max"))
+    return HiddenShift(**values)
+
+
+def tune(trials: int, subset: int, seed: int) -> None:
+    """Random search of the hidden shift on a class-stratified subset of pbc96_val (never the test split)
+    against the published scores of every recipe but ``HELD_OUT``; the best goes into ``CALIBRATED`` by
+    hand. Ranked by MAE plus 0.05 per discordant pair. Writes ``bench/results/calibration_grid.json``."""
+    from sklearn.model_selection import train_test_split
+
+    from tools.shift.hidden import CALIBRATED, hidden_shift
 
     recipes = trained_recipes()
     models = load_template_models(recipes)
     x_val, y_val = load("val")
+    if subset < len(x_val):
+        x_val, _, y_val, _ = train_test_split(x_val, y_val, train_size=subset, stratify=y_val, random_state=0)
+    rng = np.random.default_rng(seed)
+    current = {k: getattr(CALIBRATED, k) for k in SPACE if k != "overlay_alpha_max"}
+    current["overlay_alpha_max"] = CALIBRATED.overlay_alpha[1]
+    candidates = [current] + [sample_params(rng) for _ in range(trials)]
     rows = []
-    for values in itertools.product(*GRID.values()):
-        params = HiddenShift(**dict(zip(GRID, values)), overlay_alpha=CALIBRATED.overlay_alpha)
-        shifted = hidden_shift(x_val, shift=params, seed=0).astype(np.float32)
+    for params in candidates:
+        shifted = hidden_shift(x_val, shift=as_shift(params), seed=0).astype(np.float32)
         acc = {n: float(np.mean(m.predict(shifted * recipes[n].scale, verbose=0, batch_size=256).argmax(1) == y_val))
                for n, m in models.items()}
         tuning = {n: a for n, a in acc.items() if n != HELD_OUT}
-        row = {"params": dict(zip(GRID, values)), "accuracy": acc, **errors(tuning, recipes)}
+        row = {"params": params, "accuracy": acc, **errors(tuning, recipes)}
+        discordant = int(row["concordant_pairs"].split("/")[1]) - int(row["concordant_pairs"].split("/")[0])
+        row["loss"] = row["mae"] + 0.05 * discordant
         if HELD_OUT in acc:
             row["held_out_error"] = acc[HELD_OUT] - recipes[HELD_OUT].published
         rows.append(row)
-        print(f"{row['params']}: MAE {row['mae']:.3f} order {row['concordant_pairs']} held-out "
-              f"{row.get('held_out_error', float('nan')):+.3f}", flush=True)
-    rows.sort(key=lambda r: r["mae"])
-    GRID_RESULTS.write_text(json.dumps({"split": "pbc96_val", "held_out": HELD_OUT, "rows": rows}, indent=1))
-    print("best:", rows[0]["params"], f"MAE {rows[0]['mae']:.3f}")
+        print(f"{params}: MAE {row['mae']:.3f} order {row['concordant_pairs']} held-out "
+              f"{row.get('held_out_error', float('nan')):+.3f} | "
+              + " ".join(f"{n[:14]}={a:.2f}" for n, a in acc.items()), flush=True)
+    rows.sort(key=lambda r: r["loss"])
+    from train.atomic import write_json
+
+    write_json(GRID_RESULTS, {"split": f"pbc96_val (stratified {len(x_val)})", "held_out": HELD_OUT,
+                              "trials": len(rows), "rows": rows})
+    print("best:", rows[0]["params"], f"MAE {rows[0]['mae']:.3f} order {rows[0]['concordant_pairs']}")
+
+
+def reproduced(recipe, val_accuracy: float) -> bool:
+    """Whether our re-training reached the team's local accuracy (within 0.05; 0.90 where none was published):
+    a recipe that did not is a weaker model than the one CodaBench scored, so its point says little."""
+    return val_accuracy >= (recipe.published_local or 0.95) - 0.05
 
 
 def score() -> dict:
@@ -188,27 +228,29 @@ def score() -> dict:
                        "expected_hidden": summary.get("expected_hidden_accuracy"), "ci95": summary.get("ci95"),
                        "hidden_levels": {k: v["accuracy"] for k, v in result.scores.items() if k != "clean"},
                        "error": (summary.get("expected_hidden_accuracy") or 0) - recipe.published,
-                       "held_out": name == HELD_OUT, "notes": recipe.notes})
+                       "held_out": name == HELD_OUT, "reproduced": reproduced(recipe, metrics["val_accuracy"]),
+                       "notes": recipe.notes})
     predicted = {p["recipe"]: p["expected_hidden"] for p in points}
     tuning = errors({n: v for n, v in predicted.items() if n != HELD_OUT}, recipes)
     result = {"test_data": "pbc96_test (1,982 images)", "suite": "clean + hidden@1..3; expected = hidden@2",
               "calibrated_shift": CALIBRATED.__dict__, "held_out": HELD_OUT,
               "mae_tuning_points": tuning["mae"], "concordant_pairs_tuning": tuning["concordant_pairs"],
               "held_out_error": next((p["error"] for p in points if p["held_out"]), None),
+              "reproduced_points": [p["recipe"] for p in points if p["reproduced"]],
               "all_points": errors(predicted, recipes), "points": points,
               "score_seconds": time.time() - start}
     from train.atomic import write_json
 
     write_json(RESULTS, result)
-    print("| recipe | published CodaBench | our expected hidden score (95% CI) | error | our local val |")
+    print("| recipe | published CodaBench | our expected hidden score (95% CI) | error | our local val (team's) |")
     print("| --- | --- | --- | --- | --- |")
     for p in points:
         ci = p["ci95"] or [float("nan")] * 2
         print(f"| {p['recipe']}{' (held out)' if p['held_out'] else ''} | {p['published_codabench']:.2f} | "
               f"{p['expected_hidden']:.3f} ({ci[0]:.2f}-{ci[1]:.2f}) | {p['error']:+.3f} | "
-              f"{p['our_val_accuracy']:.3f} |")
+              f"{p['our_val_accuracy']:.3f} ({p['published_local'] or '-'}){'' if p['reproduced'] else ' *'} |")
     print(f"MAE (tuning points) {tuning['mae']:.3f}; held-out error {result['held_out_error']:+.3f}; "
-          f"order {tuning['concordant_pairs']}")
+          f"order {tuning['concordant_pairs']}; * = our re-training fell short of the team's local accuracy")
     return result
 
 
@@ -216,6 +258,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("step", choices=("train", "tune", "score", "all"), nargs="?", default="all")
     parser.add_argument("--only", default="", help="comma list of recipe names")
+    parser.add_argument("--trials", type=int, default=60, help="tune: random-search trials")
+    parser.add_argument("--subset", type=int, default=500, help="tune: stratified pbc96_val images")
+    parser.add_argument("--seed", type=int, default=0, help="tune: random-search seed")
     args = parser.parse_args()
     if not (DATA / "pbc96_train.npz").is_file():
         print(f"skip: {DATA} not found")
@@ -224,7 +269,7 @@ def main() -> None:
     if args.step in ("train", "all"):
         train_all(only)
     if args.step == "tune":
-        tune()
+        tune(args.trials, args.subset, args.seed)
     if args.step in ("score", "all"):
         score()
 

@@ -192,3 +192,44 @@ def test_apply_variant(images: np.ndarray) -> None:
         apply_variant(images, Variant("x", "weird", "x", 1))
     with pytest.raises(dataclasses.FrozenInstanceError):
         v.severity = 1  # type: ignore[misc]
+
+
+def test_hidden_shift_is_deterministic_and_grows_with_level(images: np.ndarray) -> None:
+    from tools.shift.hidden import HIDDEN_LEVELS, hidden_shift
+
+    outs = [hidden_shift(images, level) for level in HIDDEN_LEVELS]
+    for out in outs:
+        assert out.shape == images.shape and out.dtype == np.uint8
+    assert np.array_equal(outs[1], hidden_shift(images, 2))
+    assert not np.array_equal(outs[1], hidden_shift(images, 2, seed=1))
+    distances = [_mad(images, out) for out in outs]
+    assert distances[0] < distances[1] < distances[2], distances
+    with pytest.raises(BcsubError, match="hidden-shift level"):
+        hidden_shift(images, 4)
+
+
+def test_hidden_levels_scale_every_strength_and_stay_in_range() -> None:
+    from tools.shift.hidden import CALIBRATED, PIXEL_OPS
+
+    low, mid, high = (CALIBRATED.at_level(level) for level in (1, 2, 3))
+    assert mid == CALIBRATED
+    for field in ("magnitude", "colour", "tone", "geometry", "overlay_prob", "cutout_prob"):
+        values = [getattr(s, field) for s in (low, mid, high)]
+        assert values == sorted(values) and 0 <= values[0] and values[2] <= 1, (field, values)
+    assert 1 <= low.ops_per_image <= high.ops_per_image <= len(PIXEL_OPS)
+
+
+def test_calibrated_shift_is_the_one_bench_calibration_measured() -> None:
+    """tools/shift/hidden.py's CALIBRATED and CALIBRATION are copied by hand from the calibration
+    benchmark's results: they must be the values it measured (rerun bench/calibration.py score if not)."""
+    import json
+
+    from tools.shift.hidden import CALIBRATED, CALIBRATION
+
+    results = json.loads((Path(__file__).resolve().parents[1] / "bench" / "results" / "calibration.json").read_text())
+    measured = results["calibrated_shift"]
+    assert {**measured, "overlay_alpha": tuple(measured["overlay_alpha"])} == dataclasses.asdict(CALIBRATED)
+    assert CALIBRATION["mae"] == pytest.approx(results["mae_tuning_points"], abs=5e-4)
+    assert CALIBRATION["held_out"] == results["held_out"]
+    assert CALIBRATION["held_out_error"] == pytest.approx(results["held_out_error"], abs=5e-4)
+    assert CALIBRATION["points"] == len(results["points"])

@@ -5,13 +5,16 @@ their scores say how heavy: a CNN with no augmentation that scores 0.94 locally 
 overlaying unrelated pictures on the training images and RandAugment moved a team from 0.25 to 0.71;
 RandAugment + CutMix on a 1.9M-weight CNN reached 0.88. So every image gets, in this order:
 
-1. colour: stain (HED) and brightness/contrast/saturation/hue jitter;
-2. geometry: a random flip/90-degree rotation, then rotation, zoom, shear and shift (reflect fill);
-3. ``ops_per_image`` RandAugment-style pixel ops drawn from ``PIXEL_OPS``;
-4. with ``overlay_prob``: a blend with an unrelated picture (flower-photo crops and drawn shapes);
+1. colour: stain (HED), saturation and hue jitter (strength ``colour``), brightness and contrast jitter
+   (strength ``tone``);
+2. geometry (strength ``geometry``): a random flip/90-degree rotation, then rotation, zoom, shear and
+   shift (reflect fill);
+3. ``ops_per_image`` RandAugment-style pixel ops drawn from ``PIXEL_OPS`` (strength ``magnitude``);
+4. with ``overlay_prob``: a blend with an unrelated picture (flower-photo crops and drawn shapes; not the
+   photo the calibration's overlay recipe trained with);
 5. with ``cutout_prob``: an erased rectangle.
 
-``magnitude`` scales every op. ``CALIBRATED`` holds the values chosen by ``bench/calibration.py`` so that
+``CALIBRATED`` holds the values chosen by ``bench/calibration.py`` so that
 the accuracy on this shift predicts the published CodaBench scores of re-trained 2024 recipes; the
 levels 1..3 of the suite scale it by ``LEVEL_FACTORS`` (level 2 is the calibrated shift itself). All
 random draws are made before the level is looked at, so levels are coupled image by image.
@@ -55,26 +58,34 @@ PIXEL_OPS: tuple[str, ...] = (
 class HiddenShift:
     """How strong the hidden-set shift is (see the module docstring)."""
 
-    magnitude: float  # 0..1
+    magnitude: float  # 0..1: strength of the pixel ops
     ops_per_image: int
     overlay_prob: float
     overlay_alpha: tuple[float, float]  # weight of the unrelated picture in the blend
     cutout_prob: float
+    colour: float = 0.8  # 0..1: strength of the stain/saturation/hue jitter
+    tone: float = 0.8  # 0..1: strength of the brightness/contrast jitter
+    geometry: float = 0.8  # 0..1: strength of rotation, zoom, shear and shift
 
     def at_level(self, level: int) -> HiddenShift:
         """The shift of suite level 1..3: every strength and probability times ``LEVEL_FACTORS[level]``."""
         f = LEVEL_FACTORS[level]
-        return replace(self, magnitude=min(1.0, self.magnitude * f),
+        return replace(self, magnitude=min(1.0, self.magnitude * f), colour=min(1.0, self.colour * f),
+                       tone=min(1.0, self.tone * f),
+                       geometry=min(1.0, self.geometry * f),
                        ops_per_image=max(1, min(len(PIXEL_OPS), round(self.ops_per_image * f))),
                        overlay_prob=min(1.0, self.overlay_prob * f), cutout_prob=min(1.0, self.cutout_prob * f))
 
 
-# Chosen by bench/calibration.py (see bench/results/calibration.json and the README).
-CALIBRATED = HiddenShift(magnitude=0.8, ops_per_image=2, overlay_prob=0.5, overlay_alpha=(0.2, 0.6),
-                         cutout_prob=0.3)
+# Chosen by bench/calibration.py's search on pbc96_val (see bench/results/calibration.json and the README):
+# among its best (MAE 0.11-0.13 on 300 val images), the one that puts the overlay recipe above the
+# no-augmentation ones by more than the noise. Not yet a good predictor: the strong recipes could not be
+# re-trained in full on a CPU (README, "Expected hidden score").
+CALIBRATED = HiddenShift(magnitude=1.0, ops_per_image=1, overlay_prob=0.0, overlay_alpha=(0.1, 0.3),
+                         cutout_prob=0.6, colour=0.1, tone=0.1, geometry=1.0)
 # Its error against published CodaBench scores (bench/results/calibration.json): mean absolute error over
 # the tuning recipes, and the error on the recipe kept out of the tuning. local-score reports them.
-CALIBRATION = {"mae": None, "held_out": None, "held_out_error": None, "points": 0}
+CALIBRATION = {"mae": 0.210, "held_out": "course-simple-randaugment", "held_out_error": -0.262, "points": 5}
 
 
 def hidden_shift(images: np.ndarray, level: int = CALIBRATED_LEVEL, seed: int = 0,
@@ -131,18 +142,19 @@ def _hidden(x: np.ndarray, p: HiddenShift, rng: np.random.Generator) -> np.ndarr
     u_cut, cut = rng.random(n), rng.uniform(0, 1, (5, n))
     noise_seed = int(rng.integers(0, 1 << 31))
 
+    c, t, g = p.colour, p.tone, p.geometry
     colour = ColourMap(x)
-    colour.stain(1 + u_stain[:, 0] * 0.4 * m, u_stain[:, 1] * 0.08 * m)
-    colour.brightness(1 + u_col[0] * 0.5 * m)
-    colour.contrast(1 + u_col[1] * 0.6 * m)
-    colour.saturation(1 + u_col[2] * 0.9 * m)
-    colour.hue(u_col[3] * 0.15 * m)
+    colour.stain(1 + u_stain[:, 0] * 0.4 * c, u_stain[:, 1] * 0.08 * c)
+    colour.brightness(1 + u_col[0] * 0.5 * t)
+    colour.contrast(1 + u_col[1] * 0.6 * t)
+    colour.saturation(1 + u_col[2] * 0.9 * c)
+    colour.hue(u_col[3] * 0.15 * c)
     x8 = to_uint8(colour.apply())
 
     shear = np.tile(np.eye(2), (n, 1, 1))
-    shear[:, 0, 1] = u_geo[2] * 0.3 * m
-    mat = dihedral(dih) @ rotation(np.deg2rad(u_geo[0] * 45 * m)) @ shear / ((1 + 0.4 * m) ** u_geo[1])[:, None, None]
-    xf = warp_affine(x8, mat, u_geo[3:].T * 0.15 * m * np.array([h, w]))
+    shear[:, 0, 1] = u_geo[2] * 0.3 * g
+    mat = dihedral(dih) @ rotation(np.deg2rad(u_geo[0] * 45 * g)) @ shear / ((1 + 0.4 * g) ** u_geo[1])[:, None, None]
+    xf = warp_affine(x8, mat, u_geo[3:].T * 0.15 * g * np.array([h, w]))
 
     drawn = np.zeros((n, len(PIXEL_OPS)), bool)
     drawn[np.arange(n)[:, None], order[:, :p.ops_per_image]] = True

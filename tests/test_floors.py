@@ -1,7 +1,8 @@
 """The dependency floors are true: training runs at the oldest TensorFlow and Keras pyproject.toml allows
 (tests/test_compat_env.py proves the runtime, submission/model.py, under the server's Keras 3.4.1).
 
-Slow: the first run creates a cached virtual environment from the package index (about 1.5 GB)."""
+Slow: the first run creates a cached virtual environment from the package index (about 1.5 GB), so the training
+test runs by `make test-floors`, not by `make test` (CI), whose time goes to the server-version checks."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ def test_pyproject_floors_are_the_tested_versions():
 
 
 @pytest.mark.slow
+@pytest.mark.floors
 def test_training_runs_at_the_floor_versions(tmp_path):
     """One epoch with every augmentation part (hybrid: RandAugment, AugMix, CutMix/MixUp, colour, blur),
     weight averaging and a polish stage, at tensorflow 2.16 / keras 3.11."""

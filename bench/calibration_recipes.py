@@ -45,13 +45,18 @@ class Recipe:
 # --------------------------------------------------------------------------- networks
 
 
-def cnn3_flatten() -> keras.Model:
-    """3 conv layers (32-64-128, 3x3 valid, ReLU, max-pool) -> flatten -> dropout 0.4 -> dense 8."""
+def _conv_pool_stack(filters: tuple[int, ...], padding: str = "same") -> tuple[keras.KerasTensor, keras.KerasTensor]:
+    """A 96x96x3 input and conv(3x3, ReLU) + max-pool blocks of ``filters``: the stem every small recipe shares."""
     inputs = keras.Input((96, 96, 3))
     x = inputs
-    for filters in (32, 64, 128):
-        x = layers.Conv2D(filters, 3, padding="valid", activation="relu")(x)
-        x = layers.MaxPooling2D()(x)
+    for width in filters:
+        x = layers.MaxPooling2D()(layers.Conv2D(width, 3, padding=padding, activation="relu")(x))
+    return inputs, x
+
+
+def cnn3_flatten() -> keras.Model:
+    """3 conv layers (32-64-128, 3x3 valid, ReLU, max-pool) -> flatten -> dropout 0.4 -> dense 8."""
+    inputs, x = _conv_pool_stack((32, 64, 128), padding="valid")
     x = layers.Flatten()(x)
     x = layers.Dropout(0.4)(x)
     return keras.Model(inputs, layers.Dense(NUM_CLASSES, activation="softmax")(x), name="cnn3_flatten")
@@ -59,11 +64,7 @@ def cnn3_flatten() -> keras.Model:
 
 def cnn_gap() -> keras.Model:
     """The same family with a global-average-pooling head (a 4th conv block of 256 so GAP has features)."""
-    inputs = keras.Input((96, 96, 3))
-    x = inputs
-    for filters in (32, 64, 128, 256):
-        x = layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
-        x = layers.MaxPooling2D()(x)
+    inputs, x = _conv_pool_stack((32, 64, 128, 256))
     x = layers.GlobalAveragePooling2D()(x)
     x = layers.Dropout(0.3)(x)
     return keras.Model(inputs, layers.Dense(NUM_CLASSES, activation="softmax")(x), name="cnn_gap")
@@ -71,11 +72,7 @@ def cnn_gap() -> keras.Model:
 
 def cnn_3m() -> keras.Model:
     """A 3.3M-weight CNN: conv 32-64-128 (same, pool) -> flatten (12x12x128) -> dense 176 -> dense 8."""
-    inputs = keras.Input((96, 96, 3))
-    x = inputs
-    for filters in (32, 64, 128):
-        x = layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
-        x = layers.MaxPooling2D()(x)
+    inputs, x = _conv_pool_stack((32, 64, 128))
     x = layers.Flatten()(x)
     x = layers.Dense(176, activation="relu")(x)
     x = layers.Dropout(0.5)(x)
@@ -84,11 +81,7 @@ def cnn_3m() -> keras.Model:
 
 def cnn_150k() -> keras.Model:
     """A 0.16M-weight CNN: conv 24-48-96-128 (same, pool) -> GAP -> dense 8."""
-    inputs = keras.Input((96, 96, 3))
-    x = inputs
-    for filters in (24, 48, 96, 128):
-        x = layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
-        x = layers.MaxPooling2D()(x)
+    inputs, x = _conv_pool_stack((24, 48, 96, 128))
     x = layers.GlobalAveragePooling2D()(x)
     return keras.Model(inputs, layers.Dense(NUM_CLASSES, activation="softmax")(x), name="cnn_150k")
 

@@ -54,6 +54,10 @@ PIXEL_OPS: tuple[str, ...] = (
 )  # fmt: skip
 
 
+# The HiddenShift fields in 0..1 that a suite level multiplies (ops_per_image is rounded instead).
+SCALED_STRENGTHS = ("magnitude", "colour", "tone", "geometry", "overlay_prob", "cutout_prob")
+
+
 @dataclass(frozen=True)
 class HiddenShift:
     """How strong the hidden-set shift is (see the module docstring)."""
@@ -70,11 +74,8 @@ class HiddenShift:
     def at_level(self, level: int) -> HiddenShift:
         """The shift of suite level 1..3: every strength and probability times ``LEVEL_FACTORS[level]``."""
         f = LEVEL_FACTORS[level]
-        return replace(self, magnitude=min(1.0, self.magnitude * f), colour=min(1.0, self.colour * f),
-                       tone=min(1.0, self.tone * f),
-                       geometry=min(1.0, self.geometry * f),
-                       ops_per_image=max(1, min(len(PIXEL_OPS), round(self.ops_per_image * f))),
-                       overlay_prob=min(1.0, self.overlay_prob * f), cutout_prob=min(1.0, self.cutout_prob * f))
+        scaled = {name: min(1.0, getattr(self, name) * f) for name in SCALED_STRENGTHS}
+        return replace(self, **scaled, ops_per_image=max(1, min(len(PIXEL_OPS), round(self.ops_per_image * f))))
 
 
 # Chosen by bench/calibration.py's search on pbc96_val (see bench/results/calibration.json and the README):

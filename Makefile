@@ -5,6 +5,9 @@ PY := $(VENV)/bin/python
 BCSUB := $(VENV)/bin/bcsub
 DEMO := demo_run
 export TF_CPP_MIN_LOG_LEVEL ?= 2
+# Test workers (pytest-xdist; one file per worker at a time, so each builds its shared fixtures once).
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 .PHONY: install demo test test-fast test-floors lint bench clean
 
@@ -24,10 +27,10 @@ demo: install
 		--json $(DEMO)/score.json --report $(DEMO)/report
 
 test: install
-	$(PY) -m pytest -q -m "not floors"
+	$(PYTEST) -m "not floors"
 
 test-fast: install
-	$(PY) -m pytest -q -m "not slow and not floors"
+	$(PYTEST) -m "not slow and not floors"
 
 # The training floors (tensorflow 2.16 / keras 3.11) in their own cached venv: before raising or lowering them.
 test-floors: install

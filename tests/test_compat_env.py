@@ -108,3 +108,42 @@ def test_runtime_repairs_inputs_and_loads_normalization_in_keras_3_4(packaged_zi
     assert result["keras"] == "3.4.1"
     assert all(ok for _, ok, _ in result["checks"]), result["checks"]
     assert np.allclose(result["mean"], mean) and np.allclose(result["variance"], variance)
+
+
+WAITER_SCRIPT = """
+import sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from tools.compat_env import EnvSpec, env_python
+spec = EnvSpec("fake-env", ("bcsub-no-such-package==0",), "never mind", "tiny")
+print("PATH", env_python(spec, Path(sys.argv[2])))
+"""
+
+
+def test_a_second_process_waits_for_the_build_in_progress_and_uses_it(tmp_path):
+    """While one process builds an environment (holds its lock), another waits, then uses that build instead of
+    starting its own (its own would fail: the requirement does not exist)."""
+    import fcntl
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+    from tools.compat_env import READY_MARKER
+
+    root = tmp_path / "cache"
+    root.mkdir()
+    (tmp_path / "waiter.py").write_text(WAITER_SCRIPT)
+    with open(root / "fake-env.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # "we" are building
+        waiter = subprocess.Popen([sys.executable, str(tmp_path / "waiter.py"), str(ROOT), str(root)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(2)
+        assert waiter.poll() is None, "the second process must wait for the lock"
+        (root / "fake-env" / "bin").mkdir(parents=True)
+        (root / "fake-env" / "bin" / "python").symlink_to(sys.executable)
+        (root / "fake-env" / READY_MARKER).write_text("built\n")
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    out, err = waiter.communicate(timeout=60)
+    assert waiter.returncode == 0, err
+    assert "creating" not in out and f"PATH {root / 'fake-env' / 'bin' / 'python'}" in out

@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 import venv
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,12 +53,38 @@ def floor_python(root: Path = DEFAULT_ROOT, progress=print) -> Path:
     return env_python(FLOOR_ENV, root, progress)
 
 
+@contextmanager
+def _exclusive(lock_file: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_file`` (two processes must not build one environment at once)."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; builds are rare enough to go unguarded
+        yield
+        return
+    with open(lock_file, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def env_python(spec: EnvSpec, root: Path = DEFAULT_ROOT, progress=print) -> Path:
-    """Path of ``spec``'s python under ``root``, creating and installing the environment once."""
+    """Path of ``spec``'s python under ``root``, creating and installing the environment once (a process that
+    finds another one building it waits for that build instead of starting its own)."""
     env_dir = root / spec.name
     python = env_dir / "bin" / "python"
     if (env_dir / READY_MARKER).is_file() and python.exists():
         return python
+    with _exclusive(root / f"{spec.name}.lock"):
+        if (env_dir / READY_MARKER).is_file() and python.exists():  # built while we waited
+            return python
+        _build(spec, env_dir, python, progress)
+    return python
+
+
+def _build(spec: EnvSpec, env_dir: Path, python: Path, progress) -> None:
     progress(f"creating {env_dir} with {' '.join(spec.requirements)} (once; {spec.size})")
     if sys.version_info >= (3, 13):
         raise BcsubError(f"{spec.requirements[0]} has no wheels for Python >= 3.13; run bcsub with "
@@ -69,4 +97,3 @@ def env_python(spec: EnvSpec, root: Path = DEFAULT_ROOT, progress=print) -> Path
                          f"({proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else 'pip failed'}); "
                          f"check the network/package index, or {spec.purpose}")
     (env_dir / READY_MARKER).write_text(" ".join(spec.requirements) + "\n")
-    return python

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,10 +24,12 @@ from train.atomic import write_json
 
 PLAN_FILE = "plan.json"
 REPLAN_CHANGE = 0.2  # re-plan when an epoch takes this much longer or shorter than planned for
+RECENT = 3  # speeds are the median of the last RECENT epochs (validation passes): one slow epoch is noise
 TIMED_BATCHES = (3, 13)  # batches [3, 13) of a stage's first epoch time a step (after the warm-up)
 # Packaging (auto TTA on clean + shifted validation sets, timing, the fresh-process checks) costs about
-# this many validation passes; measured on the CPU preset (bench/bench_train_cpu.py).
-PACKAGE_VALIDATION_PASSES = 60.0
+# this many validation passes per shipped network; measured on the CPU preset (bench/bench_train_cpu.py:
+# 255 s of packaging for a snapshot pair whose validation pass took 1.6 s).
+PACKAGE_VALIDATION_PASSES = 80.0
 MIN_RESERVE_S = 30.0
 
 
@@ -57,6 +60,7 @@ class StagePlan:
     seconds_per_epoch: float | None = None  # measured; None: not yet (the stage before it stands in)
     planned: int = 0
     done: int = 0  # epochs finished
+    finished: bool = False  # the stage is over (a later one has begun): no more epochs for it
 
 
 @dataclass
@@ -92,28 +96,56 @@ class BudgetPlanner:
     def left_s(self) -> float:
         return self.budget_s - (self.clock() - self.start)
 
-    def observe(self, name: str, seconds_per_epoch: float, reason: str) -> bool:
-        """Record a measured epoch time for stage ``name``; re-plan when it is the first measurement or
-        differs from the one the plan used by more than ``REPLAN_CHANGE``. True when it re-planned."""
-        stage = self.stage(name)
-        previous = stage.seconds_per_epoch
-        if previous is not None and abs(seconds_per_epoch - previous) <= REPLAN_CHANGE * previous:
-            return False
-        stage.seconds_per_epoch = seconds_per_epoch
-        self.replan(reason)
-        return True
+    def begin(self, name: str) -> None:
+        """Stage ``name`` starts: every stage before it is over, and its unused epochs go to the ones left."""
+        for stage in self.stages[:self.stages.index(self.stage(name))]:
+            stage.finished = True
+        self.save()
 
-    def set_reserve(self, seconds: float) -> None:
-        self.reserve_s = max(MIN_RESERVE_S, seconds)
+    def observe(self, name: str, seconds_per_epoch: float, reason: str, force: bool = False) -> bool:
+        """Record a measured epoch time for stage ``name``; re-plan when it is the first measurement, when
+        ``force`` (a stage's first whole epoch: validation included), when it differs from the last one by more
+        than ``REPLAN_CHANGE``, or when slow drift made the plan stop fitting. True when the plan changed."""
+        stage = self.stage(name)
+        previous, stage.seconds_per_epoch = stage.seconds_per_epoch, seconds_per_epoch
+        if force or previous is None or abs(seconds_per_epoch - previous) > REPLAN_CHANGE * previous:
+            self.replan(reason)
+            return True
+        if self.fits():
+            return False
+        before = [s.planned for s in self.stages]
+        self.replan(f"{reason}, drift")
+        return [s.planned for s in self.stages] != before
+
+    def _todo(self) -> tuple[list[StagePlan], list[float]]:
+        """The stages not over yet and their speeds (an unmeasured stage as slow as the last measured one)."""
+        known = [s.seconds_per_epoch for s in self.stages if s.seconds_per_epoch]
+        todo = [s for s in self.stages if not s.finished]
+        return todo, [s.seconds_per_epoch or known[-1] for s in todo] if known else []
+
+    def fits(self) -> bool:
+        """The epochs still planned end inside the budget to within half an epoch, without leaving one and a
+        half epochs' time unused (the margins keep a steady run from re-planning back and forth)."""
+        todo, speeds = self._todo()
+        if not speeds:
+            return True
+        slack = self.left_s() - self.reserve_s - sum((s.planned - s.done) * t for s, t in zip(todo, speeds))
+        room = any(s.planned < s.max_epochs for s in todo)
+        return slack >= -0.5 * max(speeds) and not (room and slack > 1.5 * max(speeds))
+
+    def set_reserve(self, seconds: float) -> bool:
+        """Keep ``seconds`` for packaging; re-plan when that moves by more than ``REPLAN_CHANGE``."""
+        previous, self.reserve_s = self.reserve_s, max(MIN_RESERVE_S, seconds)
+        if abs(self.reserve_s - previous) <= REPLAN_CHANGE * previous:
+            return False
+        self.replan("packaging time measured")
+        return True
 
     def replan(self, reason: str) -> None:
         """Choose the epochs still to run for every stage from the time left and the measured speeds."""
-        known = [s.seconds_per_epoch for s in self.stages if s.seconds_per_epoch]
-        if not known:
+        todo, speeds = self._todo()
+        if not speeds:
             return
-        fallback = known[-1]  # an unmeasured stage is assumed as slow as the last measured one
-        todo = [s for s in self.stages if s.done < s.max_epochs or s.planned > s.done]
-        speeds = [s.seconds_per_epoch or fallback for s in todo]
         epochs = allocate_epochs(self.left_s() - self.reserve_s, [s.max_epochs - s.done for s in todo], speeds,
                                  [max(0, s.minimum - s.done) for s in todo])
         for s, e in zip(todo, epochs):
@@ -133,7 +165,8 @@ class BudgetPlanner:
         return {"budget_s": self.budget_s, "used_s": round(self.clock() - self.start, 1),
                 "reserve_s": round(self.reserve_s, 1),
                 "stages": [{"name": s.name, "max_epochs": s.max_epochs, "planned": s.planned, "done": s.done,
-                            "seconds_per_epoch": s.seconds_per_epoch} for s in self.stages],
+                            "finished": s.finished, "seconds_per_epoch": s.seconds_per_epoch}
+                           for s in self.stages],
                 "plans": self.history}
 
     def save(self) -> None:
@@ -153,6 +186,7 @@ class BudgetPlanner:
             if old:
                 stage.planned, stage.done = int(old["planned"]), int(old["done"])
                 stage.seconds_per_epoch = old.get("seconds_per_epoch")
+                stage.finished = bool(old.get("finished", False))
 
 
 class BudgetShare:
@@ -206,39 +240,57 @@ class FollowPlan(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch_start = self.clock()
         self.batch_start: float | None = None
+        self.step_s: float | None = None
 
     def on_train_batch_begin(self, batch, logs=None):
         if batch == TIMED_BATCHES[0]:
             self.batch_start = self.clock()
 
     def on_train_batch_end(self, batch, logs=None):
-        stage = self.planner.stage(self.stage_name)
-        if batch == TIMED_BATCHES[1] - 1 and self.batch_start is not None and stage.seconds_per_epoch is None:
-            step = (self.clock() - self.batch_start) / (TIMED_BATCHES[1] - TIMED_BATCHES[0])
-            self._observe(step * self.steps, "first steps")
+        if batch == TIMED_BATCHES[1] - 1 and self.batch_start is not None:
+            self.step_s = (self.clock() - self.batch_start) / (TIMED_BATCHES[1] - TIMED_BATCHES[0])
+            if self.planner.stage(self.stage_name).seconds_per_epoch is None:
+                self._observe(self.step_s * self.steps, "first steps")
+
+    def epoch_seconds(self) -> float:
+        """This epoch's time as a steady epoch would take it: the first batches (graph tracing in a stage's
+        first epoch, 10-20% of it on the CPU preset) are counted at the measured step time."""
+        if self.batch_start is None or self.step_s is None:
+            return self.clock() - self.epoch_start
+        return self.clock() - self.batch_start + TIMED_BATCHES[0] * self.step_s
 
     def on_test_begin(self, logs=None):
         self.test_start = self.clock()
 
     def on_test_end(self, logs=None):
+        self.test_seconds.append(self.clock() - self.test_start)
         passes = PACKAGE_VALIDATION_PASSES * self.planner.package_members
-        self.planner.set_reserve(passes * (self.clock() - self.test_start))
+        if self.planner.set_reserve(passes * statistics.median(self.test_seconds[-RECENT:])):
+            self._follow("validation pass timed")
 
     def on_train_begin(self, logs=None):
+        self.epoch_times: list[float] = []
+        self.test_seconds: list[float] = []
+        self.planner.begin(self.stage_name)
         stage = self.planner.stage(self.stage_name)
         self.schedule.set_total_steps(stage.planned * self.steps)
 
     def on_epoch_end(self, epoch, logs=None):
         self.planner.epoch_done(self.stage_name, epoch + 1)
-        self._observe(self.clock() - self.epoch_start, f"epoch {epoch + 1}")
+        self.epoch_times.append(self.epoch_seconds())
+        self._observe(statistics.median(self.epoch_times[-RECENT:]), f"epoch {epoch + 1}",
+                      force=len(self.epoch_times) == 1)
         stage = self.planner.stage(self.stage_name)
         if stage.done >= stage.planned:
             self.model.stop_training = True
 
-    def _observe(self, seconds_per_epoch: float, reason: str) -> None:
-        if self.planner.observe(self.stage_name, seconds_per_epoch, f"{self.stage_name}: {reason}"):
-            stage = self.planner.stage(self.stage_name)
-            self.schedule.set_total_steps(stage.planned * self.steps)
-            plan = ", ".join(f"{s.name} {s.planned}" for s in self.planner.stages)
-            self.log(f"time plan ({reason}, {seconds_per_epoch:.0f} s/epoch, {self.planner.left_s() / 60:.1f} min "
-                     f"left, {self.planner.reserve_s:.0f} s kept for packaging): epochs {plan}")
+    def _observe(self, seconds_per_epoch: float, reason: str, force: bool = False) -> None:
+        if self.planner.observe(self.stage_name, seconds_per_epoch, f"{self.stage_name}: {reason}", force):
+            self._follow(f"{reason}, {seconds_per_epoch:.0f} s/epoch")
+
+    def _follow(self, why: str) -> None:
+        """The plan changed: stretch or shrink this stage's schedule to it and log it."""
+        self.schedule.set_total_steps(self.planner.stage(self.stage_name).planned * self.steps)
+        plan = ", ".join(f"{s.name} {s.planned}" for s in self.planner.stages)
+        self.log(f"time plan ({why}, {self.planner.left_s() / 60:.1f} min left, "
+                 f"{self.planner.reserve_s:.0f} s kept for packaging): epochs {plan}")

@@ -391,9 +391,11 @@ class BatchNormAdaptation:
     """Test-time adaptation of one network: every BatchNormalization layer of its backbone gets its
     statistics re-estimated on the images it is about to predict, blended with the training statistics.
 
-    Two chunked passes: the first measures each layer's input on the test images with the training
-    statistics and blends them in; the second measures again through the adapted layers and blends the
-    final statistics (from the training ones). The blend weight of the test statistics is n / (n + prior):
+    One chunked pass, as "precise BN" does: the network runs as in training (each BatchNorm normalises a
+    chunk by that chunk's own statistics, dropout off), and each layer's input is summed over all chunks,
+    so every layer is measured on what the layers before it pass on once they are adapted too. (Measuring
+    through the training statistics instead, even twice, is far off: it took a CPU-preset network from
+    0.985 to 0.52 on clean validation images.) The blend weight of the test statistics is n / (n + prior):
     ``prior`` is how many images the training statistics count for. ``restore`` puts the training
     statistics back, so the network (and its files) are left as they were.
     """
@@ -402,18 +404,26 @@ class BatchNormAdaptation:
         self.prior, self.chunk_size = float(prior), int(chunk_size)
         names = [layer.name for layer in model.layers]
         backbone = model.get_layer("backbone") if "backbone" in names else None
-        self.layers = [layer for layer in (backbone.layers if backbone is not None else [])
-                       if isinstance(layer, layers.BatchNormalization)]
+        inner = backbone.layers if backbone is not None else []
+        self.layers = [layer for layer in inner if isinstance(layer, layers.BatchNormalization)]
         self.saved = [(layer.moving_mean.numpy(), layer.moving_variance.numpy()) for layer in self.layers]
         if not self.layers:
             return
         front = model.layers[1:names.index("backbone")]  # resize / preprocessing before the backbone
         taps = keras.Model(backbone.inputs, [layer.input for layer in self.layers])
+        dropouts = [layer for layer in inner if isinstance(layer, layers.Dropout)]
+        for layer in self.layers:  # Keras runs a frozen BatchNorm in inference mode even when training
+            layer.trainable = True
 
         def moments(x):
             for layer in front:
                 x = layer(x)
-            outputs = taps(x, training=False)
+            rates = [layer.rate for layer in dropouts]
+            for layer in dropouts:  # traced once: the graph has no dropout, the layers keep their rates
+                layer.rate = 0.0
+            outputs = taps(x, training=True)
+            for layer, rate in zip(dropouts, rates):
+                layer.rate = rate
             outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
             return [(tf.reduce_sum(tf.cast(t, tf.float64), axis=[0, 1, 2]),
                      tf.reduce_sum(tf.square(tf.cast(t, tf.float64)), axis=[0, 1, 2]),
@@ -443,9 +453,8 @@ class BatchNormAdaptation:
         self.restore()
         if not self.layers or not len(X):
             return
-        weight = len(X) / (len(X) + self.prior)
-        for _ in range(2):
-            self._blend(self._measure(X, scale), weight)
+        measured = self._measure(X, scale)  # (running as in training also moves the moving statistics)
+        self._blend(measured, len(X) / (len(X) + self.prior))
 
     def restore(self) -> None:
         for layer, (mean, var) in zip(self.layers, self.saved):

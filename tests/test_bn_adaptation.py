@@ -44,6 +44,29 @@ def test_adaptation_changes_predictions_leaves_weights_as_they_were_and_is_deter
         np.testing.assert_array_equal(old, new)  # and were put back
 
 
+def test_full_adaptation_equals_keras_batch_statistics(sample_test):
+    """Outside reference: with no prior, adapting to one chunk of images must give what Keras itself
+    computes in training mode (every BatchNorm normalising by the batch's statistics), layer after layer
+    of a residual network with stale training statistics."""
+    keras.utils.set_random_seed(1)
+    model = runtime.build_network({"backbone": "resnet-small", "dropout": 0.0})
+    for layer in model.get_layer("backbone").layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.moving_mean.assign(np.full(layer.moving_mean.shape, 0.3, np.float32))
+            layer.moving_variance.assign(np.full(layer.moving_variance.shape, 3.0, np.float32))
+    images = sample_test[0][:48].astype(np.float32)
+    features = keras.Model(model.inputs, model.get_layer("pool").output)
+    adaptation = runtime.BatchNormAdaptation(model, prior=1e-9)
+    assert len(adaptation.layers) > 10
+    before = features(images, training=False).numpy()
+    adaptation.adapt(images)
+    ours = features(images, training=False).numpy()
+    keras_batch = features(images, training=True).numpy()
+    adaptation.restore()
+    assert np.abs(before - keras_batch).max() > 0.1  # the stale statistics really were far off
+    np.testing.assert_allclose(ours, keras_batch, rtol=1e-3, atol=1e-3 * np.abs(keras_batch).max())
+
+
 def test_adaptation_weight_grows_with_the_number_of_images(net, sample_test):
     adaptation = runtime.BatchNormAdaptation(net, prior=1e9)  # the training statistics dominate
     images = sample_test[0][:32]

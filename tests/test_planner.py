@@ -32,6 +32,16 @@ def test_allocation_keeps_everything_when_it_fits_and_respects_minimums():
     assert allocate_epochs(700.0, [70, 8], [20.0, 10.0], [1, 1]) == [33, 4]  # both at 0.47 of their epochs
 
 
+def test_allocation_keeps_the_recipe_proportions_over_the_whole_run():
+    """Measured on the CPU preset: 17 of 70 main epochs done, 864 s left at 42 s/epoch (20 epochs). Shortening
+    only what is left (53 : 8) leaves polish 2 epochs (as in a bench_train_cpu.py run); the whole run
+    shortened alike keeps 4."""
+    plan = allocate_epochs(864.0, [70, 8], [42.0, 42.0], [0, 1], done=[17, 0])
+    assert sum(plan) == 20 and plan[1] >= 3
+    assert allocate_epochs(864.0, [70, 8], [42.0, 42.0], [0, 1], done=[69, 0]) == [1, 8]  # polish is not cut
+    assert allocate_epochs(0.0, [70, 8], [42.0, 42.0], [0, 1], done=[40, 0]) == [0, 1]
+
+
 def test_planner_replans_on_speed_changes_and_when_the_plan_stops_fitting(tmp_path):
     clock = FakeClock()
     planner = BudgetPlanner.for_stages(30 * 60, [("full", 70), ("polish", 8)], tmp_path / "plan.json", clock=clock)

@@ -34,21 +34,27 @@ MIN_RESERVE_S = 30.0
 
 
 def allocate_epochs(available_s: float, max_epochs: list[int], seconds_per_epoch: list[float],
-                    minimum: list[int]) -> list[int]:
-    """Epochs per stage: as many as fit in ``available_s``, each stage at most its ``max_epochs`` and at
-    least its ``minimum``, all stages shortened by the same factor (the recipe's proportions are kept;
-    leftover time goes to the stages with the largest remainders)."""
-    cost = sum(m * t for m, t in zip(max_epochs, seconds_per_epoch))
-    if cost <= available_s:
-        return list(max_epochs)
-    factor = max(0.0, available_s) / cost
-    exact = [m * factor for m in max_epochs]
-    plan = [min(m, max(lo, math.floor(e))) for m, lo, e in zip(max_epochs, minimum, exact)]
-    spent = sum(p * t for p, t in zip(plan, seconds_per_epoch))
+                    minimum: list[int], done: list[int] | None = None) -> list[int]:
+    """Epochs still to run per stage: as many as fit in ``available_s``, each stage's whole length (``done``
+    plus what is still to run) the same fraction of its ``max_epochs``, so the recipe's proportions hold over
+    the whole run, not only over what is left; each stage runs at least its ``minimum`` more and at most its
+    ``max_epochs`` in all; leftover time goes to the stages with the largest remainders."""
+    done = done or [0] * len(max_epochs)
+    left = [m - d for m, d in zip(max_epochs, done)]
+    if sum(n * t for n, t in zip(left, seconds_per_epoch)) <= available_s:
+        return left
+    spent = sum(d * t for d, t in zip(done, seconds_per_epoch))
+    factor = (max(0.0, available_s) + spent) / sum(m * t for m, t in zip(max_epochs, seconds_per_epoch))
+    exact = [max(0.0, m * factor - d) for m, d in zip(max_epochs, done)]
+    wanted = sum(e * t for e, t in zip(exact, seconds_per_epoch))  # more than available when a stage ran long
+    if wanted > max(0.0, available_s):
+        exact = [e * max(0.0, available_s) / wanted for e in exact]
+    plan = [min(n, max(lo, math.floor(e))) for n, lo, e in zip(left, minimum, exact)]
+    cost = sum(p * t for p, t in zip(plan, seconds_per_epoch))
     for i in sorted(range(len(plan)), key=lambda i: exact[i] - math.floor(exact[i]), reverse=True):
-        if plan[i] < max_epochs[i] and spent + seconds_per_epoch[i] <= available_s:
+        if plan[i] < left[i] and cost + seconds_per_epoch[i] <= available_s:
             plan[i] += 1
-            spent += seconds_per_epoch[i]
+            cost += seconds_per_epoch[i]
     return plan
 
 
@@ -146,8 +152,8 @@ class BudgetPlanner:
         todo, speeds = self._todo()
         if not speeds:
             return
-        epochs = allocate_epochs(self.left_s() - self.reserve_s, [s.max_epochs - s.done for s in todo], speeds,
-                                 [max(0, s.minimum - s.done) for s in todo])
+        epochs = allocate_epochs(self.left_s() - self.reserve_s, [s.max_epochs for s in todo], speeds,
+                                 [max(0, s.minimum - s.done) for s in todo], [s.done for s in todo])
         for s, e in zip(todo, epochs):
             s.planned = s.done + e
         self.history.append({"at_s": round(self.clock() - self.start, 1), "reason": reason,

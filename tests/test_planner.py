@@ -166,3 +166,20 @@ def test_a_short_budget_cuts_the_schedule_but_runs_every_stage(tmp_path):
     assert all(s["done"] == s["planned"] for s in stages.values())
     assert "time plan" in proc.stdout
     assert (out / "ensemble.json").is_file()  # the snapshot pair: polishing ran
+
+
+def test_the_traced_first_validation_pass_of_a_later_stage_does_not_move_the_reserve():
+    """Seen on the CPU preset: polish's first validation pass (graph tracing) raised the packaging reserve from
+    195 to 272 s and cut polish from 4 epochs to 1."""
+    clock = FakeClock()
+    planner = BudgetPlanner.for_stages(3600, [("full", 100), ("polish", 8)], clock=clock)
+    planner.set_reserve(200.0)
+    follow = FollowPlan(planner, "polish", steps=20, schedule=PlannedCosineDecay(1e-3, 160), log=lambda _: None)
+    follow.set_model(keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)]))
+    follow.on_train_begin()
+    for seconds in (4.0, 2.5, 2.5):  # traced, then steady
+        follow.on_test_begin()
+        clock.now += seconds
+        follow.on_test_end()
+        assert planner.reserve_s == pytest.approx(200.0)  # 80 passes x 2.5 s: unchanged, the first ignored
+

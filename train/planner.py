@@ -43,12 +43,13 @@ def allocate_epochs(available_s: float, max_epochs: list[int], seconds_per_epoch
     left = [m - d for m, d in zip(max_epochs, done)]
     if sum(n * t for n, t in zip(left, seconds_per_epoch)) <= available_s:
         return left
+    available = max(0.0, available_s)
     spent = sum(d * t for d, t in zip(done, seconds_per_epoch))
-    factor = (max(0.0, available_s) + spent) / sum(m * t for m, t in zip(max_epochs, seconds_per_epoch))
+    factor = (available + spent) / sum(m * t for m, t in zip(max_epochs, seconds_per_epoch))
     exact = [max(0.0, m * factor - d) for m, d in zip(max_epochs, done)]
     wanted = sum(e * t for e, t in zip(exact, seconds_per_epoch))  # more than available when a stage ran long
-    if wanted > max(0.0, available_s):
-        exact = [e * max(0.0, available_s) / wanted for e in exact]
+    if wanted > available:
+        exact = [e * available / wanted for e in exact]
     plan = [min(n, max(lo, math.floor(e))) for n, lo, e in zip(left, minimum, exact)]
     cost = sum(p * t for p, t in zip(plan, seconds_per_epoch))
     for i in sorted(range(len(plan)), key=lambda i: exact[i] - math.floor(exact[i]), reverse=True):
@@ -56,6 +57,11 @@ def allocate_epochs(available_s: float, max_epochs: list[int], seconds_per_epoch
             plan[i] += 1
             cost += seconds_per_epoch[i]
     return plan
+
+
+def moved(new: float, old: float) -> bool:
+    """``new`` differs from ``old`` by more than ``REPLAN_CHANGE`` of it."""
+    return abs(new - old) > REPLAN_CHANGE * old
 
 
 @dataclass
@@ -114,7 +120,7 @@ class BudgetPlanner:
         than ``REPLAN_CHANGE``, or when slow drift made the plan stop fitting. True when the plan changed."""
         stage = self.stage(name)
         previous, stage.seconds_per_epoch = stage.seconds_per_epoch, seconds_per_epoch
-        if force or previous is None or abs(seconds_per_epoch - previous) > REPLAN_CHANGE * previous:
+        if force or previous is None or moved(seconds_per_epoch, previous):
             self.replan(reason)
             return True
         if self.fits():
@@ -142,7 +148,7 @@ class BudgetPlanner:
     def set_reserve(self, seconds: float) -> bool:
         """Keep ``seconds`` for packaging; re-plan when that moves by more than ``REPLAN_CHANGE``."""
         previous, self.reserve_s = self.reserve_s, max(MIN_RESERVE_S, seconds)
-        if abs(self.reserve_s - previous) <= REPLAN_CHANGE * previous:
+        if not moved(self.reserve_s, previous):
             return False
         self.replan("packaging time measured")
         return True

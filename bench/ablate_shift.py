@@ -33,11 +33,11 @@ import numpy as np  # noqa: E402
 from train import config  # noqa: E402
 
 EPOCHS = int(os.environ.get("ABLATE_EPOCHS", "20"))
-V3 = ("dihedral", "geometry", "randaugment", "colour", "degrade")
+V3 = config.AUGMENT_PRESETS["v3"].parts
 # name -> (parts, CutMix/MixUp per batch)
 CANDIDATES: dict[str, tuple[tuple[str, ...], bool]] = {
     "v3": (V3, False),  # the CPU recipe before this ablation
-    "v3 + strong RandAugment": (("dihedral", "geometry", "randaugment_strong", "colour", "degrade"), False),
+    "v3 + strong RandAugment": (tuple("randaugment_strong" if p == "randaugment" else p for p in V3), False),
     "v3 + overlay": (V3 + ("overlay",), False),
     "v3 + erase": (config.AUGMENT_PRESETS["v3e"].parts, False),  # the CPU recipe since
     "v4 (all three)": (config.AUGMENT_PRESETS["v4"].parts, False),

@@ -8,9 +8,21 @@ import json
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
+from submission import model as runtime
 from tests.conftest import SAMPLE_TRAIN, run_cli
-from train.planner import REPLAN_CHANGE, BudgetPlanner, BudgetShare, FollowPlan, PlannedCosineDecay, allocate_epochs
+from tools.tta_select import choose_tta, selection_passes
+from train.planner import (
+    PACKAGE_PASSES_PER_NETWORK,
+    REPLAN_CHANGE,
+    BudgetPlanner,
+    BudgetShare,
+    FollowPlan,
+    PlannedCosineDecay,
+    allocate_epochs,
+    package_seconds,
+)
 
 
 class FakeClock:
@@ -173,7 +185,7 @@ def test_the_traced_first_validation_pass_of_a_later_stage_does_not_move_the_res
     195 to 272 s and cut polish from 4 epochs to 1."""
     clock = FakeClock()
     planner = BudgetPlanner.for_stages(3600, [("full", 100), ("polish", 8)], clock=clock)
-    planner.set_reserve(200.0)
+    planner.set_reserve(package_seconds(2.5, 1))
     follow = FollowPlan(planner, "polish", steps=20, schedule=PlannedCosineDecay(1e-3, 160), log=lambda _: None)
     follow.set_model(keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)]))
     follow.on_train_begin()
@@ -181,5 +193,45 @@ def test_the_traced_first_validation_pass_of_a_later_stage_does_not_move_the_res
         follow.on_test_begin()
         clock.now += seconds
         follow.on_test_end()
-        assert planner.reserve_s == pytest.approx(200.0)  # 80 passes x 2.5 s: unchanged, the first ignored
+        assert planner.reserve_s == pytest.approx(package_seconds(2.5, 1))  # unchanged: the first ignored
 
+
+
+class CountImages(keras.layers.Layer):
+    """Counts the images that go through a network (every view of every chunk), in graph mode too."""
+
+    def build(self, input_shape):
+        self.seen = self.add_weight(shape=(), initializer="zeros", trainable=False, dtype="int64", name="seen")
+
+    def call(self, x):
+        self.seen.assign_add(tf.cast(tf.shape(x)[0], "int64"))
+        return tf.identity(x)
+
+
+def counted_network() -> tuple[keras.Model, CountImages]:
+    """The runtime's tinycnn network (BatchNorm backbone) with an image counter right after its input."""
+    net = runtime.build_network({"backbone": "tinycnn"})
+    counter = CountImages(name="count")
+    inputs = keras.Input(runtime.IMAGE_SHAPE)
+    x = counter(inputs)
+    for layer in net.layers[1:]:
+        x = layer(x)
+    return keras.Model(inputs, x), counter
+
+
+def test_the_packaging_reserve_counts_the_passes_choose_tta_really_makes():
+    """The planner keeps time for what `bcsub package` will run: count the images each network really
+    sees while the TTA is chosen (plain and BatchNorm-adapted, clean and shifted sets)."""
+    models, counters = zip(*(counted_network() for _ in range(2)))
+    assert runtime.BatchNormAdaptation(models[0], 1.0).layers  # adaptation candidates are scored
+    rng = np.random.default_rng(0)
+    n = 12
+    sets = {name: (rng.integers(0, 256, (n, 96, 96, 3), dtype=np.uint8), rng.integers(0, 8, n))
+            for name in ("clean", "hidden@1", "hidden@2", "hidden@3")}
+    choose_tta(list(models), sets, batch_size=64)
+    for counter in counters:
+        assert int(counter.seen.numpy()) == selection_passes(len(sets)) * n
+    assert selection_passes() < PACKAGE_PASSES_PER_NETWORK < 1.25 * selection_passes()  # + the zip's checks
+    # measured on the CPU preset (snapshot pair): a 1.06 s validation pass in training; then finishing the
+    # run took 13 s and packaging 250 s. The reserve must cover that, and not by much more.
+    assert 263 <= package_seconds(1.06, 2) <= 1.25 * 263

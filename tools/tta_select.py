@@ -104,6 +104,14 @@ def choose_tta(models: list, eval_sets: dict[str, tuple[np.ndarray, np.ndarray]]
     return TTAChoice.from_row(pick_best(rows), rows)
 
 
+def selection_passes(eval_sets: int = 1 + len(EVAL_SHIFTS), adapts: bool = True) -> int:
+    """Passes over the validation images each network makes in ``choose_tta`` (an image seen in k views
+    counts k times): every candidate view of every evaluation set, and again adapted (BatchNorm networks),
+    where each set's statistics are measured once more. The time planner keeps room for them."""
+    views = len(CANDIDATE_VIEW_SETS["dihedral8+photo"])
+    return eval_sets * views * (2 if adapts else 1) + (eval_sets if adapts else 0)
+
+
 def _view_probabilities(models: list, views: tuple[str, ...], batch_size: int, adapt_bn: float | None,
                         eval_sets: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
     ensemble = TTAEnsemble(models, views=views, batch_size=batch_size, adapt_bn=adapt_bn)

@@ -26,11 +26,16 @@ PLAN_FILE = "plan.json"
 REPLAN_CHANGE = 0.2  # re-plan when an epoch takes this much longer or shorter than planned for
 RECENT = 3  # speeds are the median of the last RECENT epochs (validation passes): one slow epoch is noise
 TIMED_BATCHES = (3, 13)  # batches [3, 13) of a stage's first epoch time a step (after the warm-up)
-# Packaging (auto TTA on clean + shifted validation sets, timing, the fresh-process checks) costs about
-# this many validation passes per shipped network; measured on the CPU preset (bench/bench_train_cpu.py:
-# 255 s of packaging for a snapshot pair whose validation pass took 1.6 s).
-PACKAGE_VALIDATION_PASSES = 80.0
-MIN_RESERVE_S = 30.0
+# After the last epoch and inside the budget: finishing the run and `bcsub package`. Measured on the CPU preset
+# (bench/bench_train_cpu.py, snapshot pair, 13 views): 250 s of packaging = 198 s choosing the TTA
+# (``tools.tta_select.selection_passes``: 108 passes over the validation split per network, every candidate
+# view of the clean split and its shifted copies, plain and BatchNorm-adapted) + 24 s of the zip's checks
+# (about 14 passes' worth with every view) + 28 s of process starts, imports and shifted copies; the training
+# command's own start and finish took 13 s more. A training validation pass (1.06 s) stands in for a
+# packaging pass (0.91 s there): the reserve errs long, not short.
+PACKAGE_PASSES_PER_NETWORK = 122.0
+FINISH_FIXED_S = 45.0
+MIN_RESERVE_S = FINISH_FIXED_S  # kept before a validation pass has been timed
 
 
 def allocate_epochs(available_s: float, max_epochs: list[int], seconds_per_epoch: list[float],
@@ -57,6 +62,12 @@ def allocate_epochs(available_s: float, max_epochs: list[int], seconds_per_epoch
             plan[i] += 1
             cost += seconds_per_epoch[i]
     return plan
+
+
+def package_seconds(validation_pass_s: float, networks: int) -> float:
+    """The time to keep after the last epoch: finishing the run and packaging ``networks`` networks, from the
+    measured time of one validation pass."""
+    return FINISH_FIXED_S + PACKAGE_PASSES_PER_NETWORK * networks * validation_pass_s
 
 
 def moved(new: float, old: float) -> bool:
@@ -279,8 +290,8 @@ class FollowPlan(keras.callbacks.Callback):
         if len(self.test_seconds) == 1 and self.planner.reserve_s > MIN_RESERVE_S:
             return  # a stage's first pass traces its graph: an earlier stage's measurement is better
         timed = self.test_seconds[1:] or self.test_seconds
-        passes = PACKAGE_VALIDATION_PASSES * self.planner.package_members
-        if self.planner.set_reserve(passes * statistics.median(timed[-RECENT:])):
+        if self.planner.set_reserve(package_seconds(statistics.median(timed[-RECENT:]),
+                                                    self.planner.package_members)):
             self._follow("validation pass timed")
 
     def on_train_begin(self, logs=None):

@@ -68,6 +68,7 @@ def run_training(cfg: TrainConfig) -> list[MemberResult]:
 
 def _train(cfg: TrainConfig) -> list[MemberResult]:
     out = Path(cfg.out)
+    budget = BudgetShare(cfg.time_budget_minutes)  # the members share the time budget (data preparation too)
     check_resumable(cfg, out)
     for backbone in cfg.backbones:
         resolve_weights(cfg.weights, backbone)
@@ -82,7 +83,6 @@ def _train(cfg: TrainConfig) -> list[MemberResult]:
         write_fold_splits(out, [plan.split for plan in plans])
     else:
         write_split(out, plans[0].split)
-    budget = BudgetShare(cfg.time_budget_minutes)  # the members share the time budget
     results = [_fit(cfg, out, plan, budget.next(len(plans) - k)) for k, plan in enumerate(plans)]
     if cfg.folds and cfg.fold is None:
         _write_oof(out, data.train, plans, results)

@@ -196,7 +196,6 @@ def test_the_traced_first_validation_pass_of_a_later_stage_does_not_move_the_res
         assert planner.reserve_s == pytest.approx(package_seconds(2.5, 1))  # unchanged: the first ignored
 
 
-
 class CountImages(keras.layers.Layer):
     """Counts the images that go through a network (every view of every chunk), in graph mode too."""
 

@@ -14,6 +14,7 @@ from submission import model as runtime
 from tests.conftest import SAMPLE_TRAIN, run_cli
 from tools.tta_select import choose_tta, selection_passes
 from train.planner import (
+    FINISH_FIXED_S,
     PACKAGE_PASSES_PER_NETWORK,
     REPLAN_CHANGE,
     BudgetPlanner,
@@ -155,6 +156,31 @@ def test_budget_share_splits_what_is_left_among_members():
     clock.now += 900  # the first member used half the time
     assert share.next(2) == pytest.approx(450)
     assert BudgetShare(0).next(1) is None
+
+
+def test_members_keep_their_packaging_time_for_the_end(tmp_path):
+    """Packaging runs once, after the last member, for every member's networks: the time each member kept
+    for its own networks must not flow to the next member (3 members would overrun 30 min by about 10)."""
+    clock = FakeClock()
+    share = BudgetShare(30, clock=clock)
+    ends = []
+    for k in range(3):
+        budget = share.next(3 - k)
+        planner = BudgetPlanner.for_stages(budget, [("full", 1000), ("polish", 8)], tmp_path / f"m{k}" / "plan.json",
+                                           clock=clock, package_members=2)
+        planner.set_reserve(package_seconds(1.0, 2))
+        planner.observe("full", 20.0, "first steps")
+        for name in ("full", "polish"):  # train as planned
+            stage = planner.stage(name)
+            planner.begin(name)
+            clock.now += 20.0 * stage.planned
+            planner.epoch_done(name, stage.planned)
+        share.keep(tmp_path / f"m{k}")
+        ends.append(clock.now)
+    packaging = FINISH_FIXED_S + PACKAGE_PASSES_PER_NETWORK * 6 * 1.0  # the 6 networks, packaged once
+    assert ends[-1] + packaging <= 1000.0 + 30 * 60
+    assert ends[-1] + packaging >= 1000.0 + 30 * 60 - 3 * 60  # and not much time left unused
+    assert min(b - a for a, b in zip([1000.0, *ends], ends)) > 200  # every member trains
 
 
 def test_planned_cosine_matches_keras_and_follows_its_new_length():

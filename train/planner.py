@@ -214,15 +214,25 @@ class BudgetPlanner:
 
 class BudgetShare:
     """``--time-budget`` shared by the members of a run still to train (each gets an equal part of what is
-    left, so a member that finishes early leaves its time to the next)."""
+    left, so a member that finishes early leaves its time to the next). The time a finished member kept for
+    packaging its networks stays kept (``keep``): packaging runs once, for every member, after the last."""
 
     def __init__(self, minutes: float, clock: Callable[[], float] = time.monotonic):
         self.clock = clock
         self.end = clock() + minutes * 60 if minutes else None
+        self.kept_s = 0.0
 
     def next(self, members_left: int) -> float | None:
         """Seconds for the next member, or None without a budget."""
-        return None if self.end is None else max(0.0, self.end - self.clock()) / max(1, members_left)
+        if self.end is None:
+            return None
+        return max(0.0, self.end - self.clock() - self.kept_s) / max(1, members_left)
+
+    def keep(self, run_dir: Path) -> None:
+        """Keep the packaging time that the member trained in ``run_dir`` planned for (its ``plan.json``)."""
+        plan = run_dir / PLAN_FILE
+        if self.end is not None and plan.is_file():
+            self.kept_s += float(json.loads(plan.read_text()).get("reserve_s", 0.0))
 
 
 class PlannedCosineDecay(keras.optimizers.schedules.LearningRateSchedule):

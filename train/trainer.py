@@ -83,7 +83,10 @@ def _train(cfg: TrainConfig) -> list[MemberResult]:
         write_fold_splits(out, [plan.split for plan in plans])
     else:
         write_split(out, plans[0].split)
-    results = [_fit(cfg, out, plan, budget.next(len(plans) - k)) for k, plan in enumerate(plans)]
+    results = []
+    for k, plan in enumerate(plans):
+        results.append(_fit(cfg, out, plan, budget.next(len(plans) - k)))
+        budget.keep(out / plan.name)
     if cfg.folds and cfg.fold is None:
         _write_oof(out, data.train, plans, results)
     elif len(plans) > 1:

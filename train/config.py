@@ -22,14 +22,15 @@ class Preset:
 
 
 # Every augmentation preset `--augment` accepts (parts: see train/augment.py); adding one is one line here.
+V3_PARTS = ("dihedral", "geometry", "randaugment", "colour", "degrade")
 AUGMENT_PRESETS: dict[str, Preset] = {
     "none": Preset("no augmentation", ()),
     "v1": Preset("random dihedral (h/v flips + transpose: all 8 flips/90-degree rotations)", ("dihedral",)),
     "v2": Preset("v1 + rotation/zoom/shift (reflect) + colour & stain jitter + exposure + blur + noise + JPEG",
                  ("dihedral", "geometry", "colour", "degrade")),
-    "v3": Preset("v2 + RandAugment", ("dihedral", "geometry", "randaugment", "colour", "degrade")),
+    "v3": Preset("v2 + RandAugment", V3_PARTS),
     "v3e": Preset("v3 + an erased rectangle in 30% of the images (cutout): the CPU preset's choice "
-                  "(bench/ablate_shift.py)", ("dihedral", "geometry", "randaugment", "colour", "degrade", "erase")),
+                  "(bench/ablate_shift.py)", (*V3_PARTS, "erase")),
     "v4": Preset("v3 with the strong RandAugment (3 ops, magnitude 0.5) + overlays of unrelated pictures + "
                  "erased rectangles: trained for the CodaBench hidden set",
                  ("dihedral", "geometry", "randaugment_strong", "colour", "degrade", "overlay", "erase")),

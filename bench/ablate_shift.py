@@ -7,7 +7,7 @@ calibrated hidden shift (levels 1..3; the expected hidden score is level 2), wit
 views, without and with test-time BatchNorm adaptation. Writes ``bench/results/shift_ablation.json``.
 
     python bench/ablate_shift.py train [--only NAME,...]   # resumable: finished runs are kept
-    python bench/ablate_shift.py score
+    python bench/ablate_shift.py score [--only NAME,...]   # others keep their row from the results file
 
 Not part of ``make bench`` (about 10 minutes of training per candidate on an idle 2-core machine).
 """
@@ -40,6 +40,9 @@ CANDIDATES: dict[str, tuple[tuple[str, ...], bool]] = {
     "v3 + strong RandAugment": (tuple("randaugment_strong" if p == "randaugment" else p for p in V3), False),
     "v3 + overlay": (V3 + ("overlay",), False),
     "v3 + erase": (config.AUGMENT_PRESETS["v3e"].parts, False),  # the CPU recipe since
+    "v3e + tone ops (v3t)": (config.AUGMENT_PRESETS["v3t"].parts, False),
+    "v3t + wider geometry (v3tw)": (("dihedral", "geometry_wide", *V3[2:], "tone", "erase"), False),
+    "v3e + wider geometry (v3ew)": (("dihedral", "geometry_wide", *V3[2:], "erase"), False),
     "v4 (all three)": (config.AUGMENT_PRESETS["v4"].parts, False),
     "v4 + CutMix/MixUp": (config.AUGMENT_PRESETS["v4"].parts, True),
 }
@@ -67,7 +70,7 @@ def train(only: list[str] | None) -> None:
         run_training(cfg)
 
 
-def score() -> dict:
+def score(only: list[str] | None) -> dict:
     from submission.model import DIHEDRAL_VIEWS, TTAEnsemble
     from tools.package import load_models
     from tools.shift.an2dl import an2dl_shift
@@ -85,8 +88,13 @@ def score() -> dict:
             "hidden@2 without cutout": hidden_shift(images, seed=0, shift=replace(CALIBRATED, cutout_prob=0.0)),
             "an2dl@2": an2dl_shift(images, 2, seed=0)}
     results: dict = {"epochs": EPOCHS, "data": "pbc96_val (991 images)", "views": "8 dihedral", "candidates": {}}
+    kept = json.loads(RESULTS.read_text())["candidates"] if only and RESULTS.is_file() else {}
     for name in CANDIDATES:
         run = WORK / slug(name)
+        if only and slug(name) not in only:
+            if name in kept:
+                results["candidates"][name] = kept[name]
+            continue
         if not (run / "metrics.json").is_file():
             continue
         models = load_models(find_members(run))
@@ -114,10 +122,11 @@ def main() -> None:
     if not (DATA / "pbc96_train.npz").is_file():
         print(f"skip: {DATA} not found")
         return
+    only = [s for s in args.only.split(",") if s] or None
     if args.step == "train":
-        train([s for s in args.only.split(",") if s] or None)
+        train(only)
     else:
-        score()
+        score(only)
 
 
 if __name__ == "__main__":

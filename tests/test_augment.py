@@ -194,3 +194,63 @@ def test_random_erase_fills_one_grey_rectangle_per_chosen_image() -> None:
         h, w = ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
         lo, hi = ERASE_SIDE[0] * 96 - 2, ERASE_SIDE[1] * 96 + 2
         assert lo <= h <= hi and lo <= w <= hi
+
+
+def test_equalize_is_pils_equalize_per_image_and_channel() -> None:
+    from PIL import Image, ImageOps
+
+    from train.augment import equalize
+
+    rng = np.random.default_rng(0)
+    cells = _images(6).astype(np.uint8)
+    flat = np.full((1, 96, 96, 3), 77, np.uint8)  # one level: PIL leaves it unchanged
+    two_levels = (rng.random((1, 96, 96, 3)) < 0.3).astype(np.uint8) * 200
+    x = np.concatenate([cells, flat, two_levels])
+    ours = equalize(tf.constant(x, tf.float32)).numpy()
+    pil = np.stack([np.asarray(ImageOps.equalize(Image.fromarray(img))) for img in x])
+    np.testing.assert_array_equal(ours, pil)
+    # per image: equalising a batch gives each image what it gets alone
+    np.testing.assert_array_equal(equalize(tf.constant(x[:1], tf.float32)).numpy(), ours[:1])
+
+
+def test_random_tone_op_gives_each_chosen_image_one_of_its_ops() -> None:
+    from train.augment import LUMA, SOLARIZE_THRESHOLD, RandomToneOp, equalize
+
+    x = _images(48)
+    out = RandomToneOp(1.0, seed=5)(tf.constant(x), training=True).numpy()
+    eq = equalize(tf.constant(x)).numpy()
+    seen = set()
+    for before, after, equalised in zip(x, out, eq):
+        grey = np.repeat((before @ np.array(LUMA, np.float32))[..., None], 3, axis=-1)
+        if np.allclose(after, grey, atol=1e-3):
+            seen.add("grayscale")
+        elif np.array_equal(after, equalised):
+            seen.add("equalize")
+        else:  # solarized: pixels at or above one threshold in the range are inverted, the rest kept
+            inverted = ~np.isclose(after, before)
+            assert inverted.any()
+            np.testing.assert_allclose(after[inverted], 255 - before[inverted], atol=1e-3)
+            assert before[inverted].min() >= SOLARIZE_THRESHOLD[0] - 1e-3
+            assert before[inverted].min() > before[~inverted].max() or not (~inverted).any()
+            seen.add("solarize")
+    assert seen == {"solarize", "equalize", "grayscale"}
+    untouched = RandomToneOp(0.0, seed=5)(tf.constant(x), training=True).numpy()
+    np.testing.assert_array_equal(untouched, x)
+
+
+@pytest.mark.parametrize("part", ["geometry_wide", "tone"])
+def test_parts_outside_the_cpu_preset_keep_shape_and_range(part: str) -> None:
+    """Parts that only an ablation candidate or an opt-in preset uses still run in tf.data."""
+    from train.augment import PARTS, _seeds
+
+    layers = PARTS[part](_seeds(3))
+    x = _images(6)
+
+    def run(batch):
+        for layer in layers:
+            batch = layer(batch, training=True)
+        return batch
+
+    out = np.concatenate(_map_batches(run, x, batch=4))
+    assert out.shape == x.shape and out.min() >= 0.0 and out.max() <= 255.0
+    assert (np.abs(out - x).reshape(len(x), -1).max(axis=1) > 1.0).any()

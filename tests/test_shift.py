@@ -233,3 +233,17 @@ def test_calibrated_shift_is_the_one_bench_calibration_measured() -> None:
     assert CALIBRATION["held_out"] == results["held_out"]
     assert CALIBRATION["held_out_error"] == pytest.approx(results["held_out_error"], abs=5e-4)
     assert CALIBRATION["points"] == len(results["points"])
+
+
+def test_hidden_shift_draws_its_pixel_ops_from_the_given_subset() -> None:
+    """``ops`` narrows the pixel ops (bench/hidden_components.py measures each op alone); the default is all."""
+    from tools.shift.hidden import CALIBRATED, PIXEL_OPS, hidden_shift
+
+    images = _synthetic(6)
+    ops_only = dataclasses.replace(CALIBRATED, cutout_prob=0.0, colour=0.0, tone=0.0, geometry=0.0)
+    np.testing.assert_array_equal(hidden_shift(images, seed=3, ops=PIXEL_OPS), hidden_shift(images, seed=3))
+    grey = hidden_shift(images, seed=3, shift=ops_only, ops=("grayscale",)).astype(np.float32)
+    spread = lambda x: np.ptp(x.astype(np.float32), axis=-1).mean(axis=(1, 2))  # noqa: E731
+    assert (spread(grey) <= spread(images) + 1e-3).all() and (spread(grey) < spread(images) - 1).sum() >= 5
+    with pytest.raises(BcsubError, match="unknown pixel ops"):
+        hidden_shift(images, ops=("invert",))

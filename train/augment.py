@@ -18,6 +18,8 @@ quirks handled here:
 - ``AugMix`` picks its op chains with Python's ``random`` at trace time, so in ``tf.data`` (traced
   once) it repeats one chain structure forever; ``ChunkedVariants`` gives each quarter of the
   AugMix share its own structure.
+- ``Equalization`` takes each channel's histogram over the whole batch, not per image; ``equalize``
+  is PIL's per-image op, batched.
 - Layers given the same seed draw identical random numbers, so each layer gets its own seed.
 - Strong factors make ``RandAugment``/``AugMix`` ops destroy cells (1-bit posterization, negative
   solarization, black equalized nuclei); those ops are left out (see ``RANDAUG_OPS``).
@@ -45,6 +47,9 @@ VALUE_RANGE = (0.0, 255.0)
 ROTATION_FACTOR = 0.125  # +-45 degrees; with the 90-degree steps of v1 this covers every angle
 ZOOM_FACTOR = (-0.2, 0.2)  # negative zooms in
 SHIFT_FACTOR = 0.08
+# "geometry_wide": zoom x[0.7, 1.4] and +-15% shifts (what the calibrated hidden shift applies to every image).
+WIDE_ZOOM_FACTOR = (-0.3, 0.4)
+WIDE_SHIFT_FACTOR = 0.15
 BRIGHTNESS_FACTOR = 0.15
 CONTRAST_FACTOR = 0.55  # keras sorts a (lower, upper) tuple, so asymmetric ranges are not possible
 SATURATION_FACTOR = (0.25, 0.70)
@@ -82,6 +87,14 @@ STRONG_RANDAUG_OPS = RANDAUG_OPS + ("equalization", "random_posterization", "sol
 # "overlay": blend a picture unrelated to blood cells into the image (a 2024 team: 0.25 -> 0.53 on CodaBench).
 OVERLAY_PROB = 0.5
 OVERLAY_ALPHA = (0.15, 0.6)
+# "tone": the RandAugment ops the "randaugment" part leaves out, each chosen image gets one of them:
+# solarization (pixels at or above a threshold in 95..255 inverted, PIL's op), per-image per-channel histogram
+# equalisation (PIL's op), greyscale. Alone, solarization took the CPU recipe's validation accuracy from 0.99 to
+# 0.26 and equalisation to 0.71; training with them ("v3t") did not pay in 20 CPU epochs (bench/ablate_shift.py).
+TONE_PROB = 0.3
+TONE_OPS = ("solarize", "equalize", "grayscale")
+SOLARIZE_THRESHOLD = (95.0, 255.0)
+LUMA = (0.299, 0.587, 0.114)
 # "erase": one rectangle of a random grey per chosen image (cutout; a 2024 team: 0.87 -> 0.90).
 ERASE_PROB = 0.3
 ERASE_SIDE = (0.2, 0.5)  # fraction of the image side
@@ -302,6 +315,43 @@ class RandomGaussianNoise(RandomPerImage):
         return tf.clip_by_value(tf.tensor_scatter_nd_add(images, chosen, noise), *VALUE_RANGE)
 
 
+class RandomToneOp(RandomPerImage):
+    """With probability ``rate`` per image, one of ``TONE_OPS`` (equally likely): solarize above a threshold
+    drawn from ``threshold``, equalise each channel's histogram, or make the image grey."""
+
+    def __init__(self, rate: float, threshold: tuple[float, float] = SOLARIZE_THRESHOLD, seed: int | None = None,
+                 **kwargs):
+        super().__init__(rate, seed, **kwargs)
+        self.threshold = threshold
+
+    def change_chosen(self, images, chosen, strength):
+        picked = tf.gather_nd(images, chosen)
+        op = tf.cast(tf.minimum(strength * len(TONE_OPS), len(TONE_OPS) - 1), tf.int32)[:, None, None, None]
+        level = (strength * len(TONE_OPS) - tf.cast(op[:, 0, 0, 0], tf.float32))[:, None, None, None]  # 0..1
+        lo, hi = self.threshold
+        solarized = tf.where(picked >= lo + level * (hi - lo), 255.0 - picked, picked)
+        grey = tf.broadcast_to(tf.reduce_sum(picked * tf.constant(LUMA), axis=-1, keepdims=True), tf.shape(picked))
+        changed = tf.where(op == 0, solarized, tf.where(op == 1, equalize(picked), grey))
+        return tf.tensor_scatter_nd_update(images, chosen, changed)
+
+
+def equalize(images):
+    """Per-image, per-channel histogram equalisation of float (m,H,W,C) images in 0..255: PIL's
+    ``ImageOps.equalize`` (RandAugment's op), batched. The brightest level's pixels are left out of the step."""
+    shape = tf.shape(images)
+    m, c = shape[0], shape[3]
+    levels = tf.cast(tf.clip_by_value(tf.round(images), 0.0, 255.0), tf.int32)
+    rows = tf.reshape(tf.transpose(levels, (0, 3, 1, 2)), (m * c, -1))  # one row per image channel
+    hist = tf.math.bincount(rows, minlength=256, maxlength=256, axis=-1)
+    brightest = 255 - tf.argmax(tf.reverse(tf.cast(hist > 0, tf.int32), axis=[-1]), axis=-1, output_type=tf.int32)
+    step = (tf.shape(rows)[1] - tf.gather(hist, brightest, batch_dims=1)) // 255
+    below = tf.cumsum(hist, axis=-1, exclusive=True)  # pixels darker than each level
+    lut = tf.minimum(255, (step[:, None] // 2 + below) // tf.maximum(step, 1)[:, None])
+    lut = tf.where(step[:, None] > 0, lut, tf.range(256)[None, :])  # one level only: unchanged
+    out = tf.cast(tf.gather(lut, rows, batch_dims=1), images.dtype)
+    return tf.transpose(tf.reshape(out, (m, c, shape[1], shape[2])), (0, 2, 3, 1))
+
+
 def overlay_pictures(n: int = 256, seed: int = 4321) -> np.ndarray:
     """``n`` 96x96 pictures unrelated to blood cells for the "overlay" part: crops of scikit-learn's bundled
     china photo and smooth colour noise (deliberately not the flower crops and drawn shapes the
@@ -514,12 +564,14 @@ def _augmix_layer(s: Iterator[int]) -> keras.layers.Layer:
 PARTS: dict[str, Callable[[Iterator[int]], list[keras.layers.Layer]]] = {
     "dihedral": _dihedral,
     "geometry": _geometry,
+    "geometry_wide": lambda s: [RandomAffine(ROTATION_FACTOR, WIDE_ZOOM_FACTOR, WIDE_SHIFT_FACTOR, seed=next(s))],
     "randaugment": lambda s: [_randaugment_layer(s)],
     "augmix_or_randaugment": lambda s: [SplitApply(_augmix_layer(s), _randaugment_layer(s), AUGMIX_FRACTION)],
     "colour": _colour,
     "degrade": _degrade,
     "randaugment_strong": lambda s: [_strong_randaugment_layer(s)],
     "overlay": lambda s: [RandomOverlay(OVERLAY_PROB, OVERLAY_ALPHA, _overlay_bank(), seed=next(s))],
+    "tone": lambda s: [RandomToneOp(TONE_PROB, seed=next(s))],
     "erase": lambda s: [RandomErase(ERASE_PROB, ERASE_SIDE, seed=next(s))],
 }
 

@@ -31,6 +31,8 @@ AUGMENT_PRESETS: dict[str, Preset] = {
     "v3": Preset("v2 + RandAugment", V3_PARTS),
     "v3e": Preset("v3 + an erased rectangle in 30% of the images (cutout): the CPU preset's choice "
                   "(bench/ablate_shift.py)", (*V3_PARTS, "erase")),
+    "v3t": Preset("v3e + one of solarization, histogram equalisation or greyscale in 30% of the images "
+                  "(the RandAugment ops v3 leaves out)", (*V3_PARTS, "tone", "erase")),
     "v4": Preset("v3 with the strong RandAugment (3 ops, magnitude 0.5) + overlays of unrelated pictures + "
                  "erased rectangles: trained for the CodaBench hidden set",
                  ("dihedral", "geometry", "randaugment_strong", "colour", "degrade", "overlay", "erase")),

@@ -44,6 +44,7 @@ from tools.shift.ops import (
     to_uint8,
     warp_affine,
 )
+from train.errors import BcsubError
 
 HIDDEN_LEVELS: tuple[int, ...] = (1, 2, 3)
 CALIBRATED_LEVEL = 2
@@ -90,12 +91,16 @@ CALIBRATION = {"mae": 0.210, "held_out": "course-simple-randaugment", "held_out_
 
 
 def hidden_shift(images: np.ndarray, level: int = CALIBRATED_LEVEL, seed: int = 0,
-                 shift: HiddenShift | None = None) -> np.ndarray:
-    """The hidden-set shift at suite ``level`` 1..3 (or exactly ``shift``) on a (n,H,W,3) uint8 batch."""
+                 shift: HiddenShift | None = None, ops: tuple[str, ...] = PIXEL_OPS) -> np.ndarray:
+    """The hidden-set shift at suite ``level`` 1..3 (or exactly ``shift``) on a (n,H,W,3) uint8 batch;
+    the pixel ops are drawn from ``ops`` (a subset of ``PIXEL_OPS``: to measure one op's share)."""
     check_images(images)
     check_level(level, HIDDEN_LEVELS, "hidden-shift level")
+    unknown = sorted(set(ops) - set(PIXEL_OPS))
+    if unknown or not ops:
+        raise BcsubError(f"unknown pixel ops {unknown or 'none'}; choose from {', '.join(PIXEL_OPS)}")
     params = shift or CALIBRATED.at_level(level)
-    return chunked(images, lambda x, rng: _hidden(x, params, rng), seed, "hidden")
+    return chunked(images, lambda x, rng: _hidden(x, params, rng, ops), seed, "hidden")
 
 
 @lru_cache(maxsize=1)
@@ -128,7 +133,7 @@ def unrelated_pictures(n: int = 256, seed: int = 1234) -> np.ndarray:
     return out
 
 
-def _hidden(x: np.ndarray, p: HiddenShift, rng: np.random.Generator) -> np.ndarray:
+def _hidden(x: np.ndarray, p: HiddenShift, rng: np.random.Generator, ops: tuple[str, ...]) -> np.ndarray:
     n, h, w, _ = x.shape
     m = p.magnitude
     # --- every draw first (levels are coupled) ---
@@ -136,8 +141,8 @@ def _hidden(x: np.ndarray, p: HiddenShift, rng: np.random.Generator) -> np.ndarr
     u_stain = rng.uniform(-1, 1, (n, 2, 3))
     dih = rng.integers(0, 8, n)
     u_geo = rng.uniform(-1, 1, (5, n))  # rotation, zoom, shear, shift y, shift x
-    order = np.argsort(rng.random((n, len(PIXEL_OPS))), axis=1)  # each image's op preference
-    u_op = rng.uniform(0, 1, (n, len(PIXEL_OPS)))
+    order = np.argsort(rng.random((n, len(ops))), axis=1)  # each image's op preference
+    u_op = rng.uniform(0, 1, (n, len(ops)))
     u_overlay, alpha = rng.random(n), rng.uniform(*p.overlay_alpha, n)
     picture = rng.integers(0, 1 << 30, n)
     u_cut, cut = rng.random(n), rng.uniform(0, 1, (5, n))
@@ -157,10 +162,10 @@ def _hidden(x: np.ndarray, p: HiddenShift, rng: np.random.Generator) -> np.ndarr
     mat = dihedral(dih) @ rotation(np.deg2rad(u_geo[0] * 45 * g)) @ shear / ((1 + 0.4 * g) ** u_geo[1])[:, None, None]
     xf = warp_affine(x8, mat, u_geo[3:].T * 0.15 * g * np.array([h, w]))
 
-    drawn = np.zeros((n, len(PIXEL_OPS)), bool)
+    drawn = np.zeros((n, len(ops)), bool)
     drawn[np.arange(n)[:, None], order[:, :p.ops_per_image]] = True
     noise_rng = np.random.default_rng(noise_seed)
-    for j, name in enumerate(PIXEL_OPS):
+    for j, name in enumerate(ops):
         if drawn[:, j].any():
             xf[drawn[:, j]] = np.clip(_pixel_op(name, xf[drawn[:, j]], m * u_op[drawn[:, j], j], noise_rng), 0, 255)
 

@@ -8,6 +8,7 @@ views, without and with test-time BatchNorm adaptation. Writes ``bench/results/s
 
     python bench/ablate_shift.py train [--only NAME,...]   # resumable: finished runs are kept
     python bench/ablate_shift.py score [--only NAME,...]   # others keep their row from the results file
+    python bench/ablate_shift.py train|score --seed 1 --only NAME   # a replicate: how large is one run's noise
 
 Not part of ``make bench`` (about 10 minutes of training per candidate on an idle 2-core machine).
 """
@@ -56,7 +57,15 @@ for _name, (_parts, _mix) in CANDIDATES.items():
     config.AUGMENT_PRESETS.setdefault(slug(_name), config.Preset(_name, _parts, _mix))
 
 
-def train(only: list[str] | None) -> None:
+def run_dir(name: str, seed: int) -> Path:
+    return WORK / (slug(name) if seed == 0 else f"{slug(name)}_seed{seed}")
+
+
+def row_name(name: str, seed: int) -> str:
+    return name if seed == 0 else f"{name} (seed {seed})"
+
+
+def train(only: list[str] | None, seed: int) -> None:
     from train.config import TrainConfig
     from train.trainer import run_training
 
@@ -64,13 +73,13 @@ def train(only: list[str] | None) -> None:
         if only and slug(name) not in only:
             continue
         cfg = TrainConfig.from_options("cpu", data=str(DATA / "pbc96_train.npz"), val=str(DATA / "pbc96_val.npz"),
-                                       out=str(WORK / slug(name)), augment=slug(name), epochs=EPOCHS,
-                                       polish_epochs=0, time_budget_minutes=0.0)
-        print(f"== {name}", flush=True)
+                                       out=str(run_dir(name, seed)), augment=slug(name), epochs=EPOCHS,
+                                       polish_epochs=0, time_budget_minutes=0.0, seed=seed)
+        print(f"== {row_name(name, seed)}", flush=True)
         run_training(cfg)
 
 
-def score(only: list[str] | None) -> dict:
+def score(only: list[str] | None, seed: int) -> dict:
     from submission.model import DIHEDRAL_VIEWS, TTAEnsemble
     from tools.package import load_models
     from tools.shift.an2dl import an2dl_shift
@@ -89,13 +98,10 @@ def score(only: list[str] | None) -> dict:
             "an2dl@2": an2dl_shift(images, 2, seed=0)}
     results: dict = {"epochs": EPOCHS, "data": "pbc96_val (991 images)", "views": "8 dihedral", "candidates": {}}
     kept = json.loads(RESULTS.read_text())["candidates"] if only and RESULTS.is_file() else {}
+    results["candidates"] = dict(kept)  # rows scored now replace theirs in place
     for name in CANDIDATES:
-        run = WORK / slug(name)
-        if only and slug(name) not in only:
-            if name in kept:
-                results["candidates"][name] = kept[name]
-            continue
-        if not (run / "metrics.json").is_file():
+        run = run_dir(name, seed)
+        if only and slug(name) not in only or not (run / "metrics.json").is_file():
             continue
         models = load_models(find_members(run))
         row = {"train_minutes": read_metrics(run).get("train_seconds", 0) / 60}
@@ -103,8 +109,8 @@ def score(only: list[str] | None) -> dict:
             ensemble = TTAEnsemble(models, views=DIHEDRAL_VIEWS, adapt_bn=adapt)
             acc = {k: float(np.mean(ensemble.predict(x) == labels)) for k, x in sets.items()}
             row["adapted" if adapt else "plain"] = acc
-        results["candidates"][name] = row
-        print(name, json.dumps(row), flush=True)
+        results["candidates"][row_name(name, seed)] = row
+        print(row_name(name, seed), json.dumps(row), flush=True)
     base = results["candidates"].get("v3")
     if base:
         for row in results["candidates"].values():
@@ -118,15 +124,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("step", choices=("train", "score"))
     parser.add_argument("--only", default="")
+    parser.add_argument("--seed", type=int, default=0, help="training seed; 0 = the table's runs")
     args = parser.parse_args()
     if not (DATA / "pbc96_train.npz").is_file():
         print(f"skip: {DATA} not found")
         return
     only = [s for s in args.only.split(",") if s] or None
     if args.step == "train":
-        train(only)
+        train(only, args.seed)
     else:
-        score(only)
+        score(only, args.seed)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,9 @@ from tools.shift.hidden import CALIBRATED, PIXEL_OPS, hidden_shift  # noqa: E402
 
 NOTHING = replace(CALIBRATED, ops_per_image=0, overlay_prob=0.0, cutout_prob=0.0,
                   colour=0.0, tone=0.0, geometry=0.0)
-PARTS = {  # part -> the calibrated shift's fields that make it
+# part -> the calibrated shift's fields that make it. Every variant, even "geometry" left out, still gets the
+# shift's random flip / 90-degree rotation, which the 8 dihedral views undo.
+PARTS = {
     "colour and tone": {"colour": CALIBRATED.colour, "tone": CALIBRATED.tone},
     "geometry": {"geometry": CALIBRATED.geometry},
     "pixel ops": {"ops_per_image": CALIBRATED.ops_per_image},

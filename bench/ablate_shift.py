@@ -42,7 +42,7 @@ CANDIDATES: dict[str, tuple[tuple[str, ...], bool]] = {
     "v3 + overlay": (V3 + ("overlay",), False),
     "v3 + erase": (config.AUGMENT_PRESETS["v3e"].parts, False),  # the CPU recipe since
     "v3e + tone ops (v3t)": (config.AUGMENT_PRESETS["v3t"].parts, False),
-    "v3t + wider geometry (v3tw)": (("dihedral", "geometry_wide", *V3[2:], "tone", "erase"), False),
+    "v3t + wider geometry (v3tw)": (config.AUGMENT_PRESETS["v3tw"].parts, False),
     "v3e + wider geometry (v3ew)": (("dihedral", "geometry_wide", *V3[2:], "erase"), False),
     "v4 (all three)": (config.AUGMENT_PRESETS["v4"].parts, False),
     "v4 + CutMix/MixUp": (config.AUGMENT_PRESETS["v4"].parts, True),

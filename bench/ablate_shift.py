@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 from train import config  # noqa: E402
 
 EPOCHS = int(os.environ.get("ABLATE_EPOCHS", "20"))
-V3 = config.AUGMENT_PRESETS["v3"].parts
+V3 = config.V3_PARTS
 # name -> (parts, CutMix/MixUp per batch)
 CANDIDATES: dict[str, tuple[tuple[str, ...], bool]] = {
     "v3": (V3, False),  # the CPU recipe before this ablation

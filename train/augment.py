@@ -37,7 +37,7 @@ import numpy as np
 import tensorflow as tf
 
 from train.config import AUGMENT_PRESETS
-from train.errors import BcsubError
+from train.errors import BcsubError, check_choices
 from train.keras_internals import op_layer, op_names, randaugment_draws, restrict_ops
 
 VALUE_RANGE = (0.0, 255.0)
@@ -199,7 +199,7 @@ class FastRandAugment(keras.layers.RandAugment):
 
     def __init__(self, ops: tuple[str, ...] = RANDAUG_OPS, **kwargs):
         super().__init__(**kwargs)
-        _check_ops(ops, op_names(self), "RandAugment")
+        check_choices(ops, op_names(self), "RandAugment ops")
         restrict_ops(self, ops)
 
     def transform_images(self, images, transformation, training=True):
@@ -225,7 +225,7 @@ class CellAugMix(keras.layers.AugMix):
 
     def __init__(self, ops: tuple[str, ...] = AUGMIX_OPS, **kwargs):
         super().__init__(all_ops=True, **kwargs)
-        _check_ops(ops, op_names(self), "AugMix")
+        check_choices(ops, op_names(self), "AugMix ops")
         restrict_ops(self, ops)
 
 
@@ -233,12 +233,6 @@ def _apply_op(parent: keras.layers.Layer, name: str, images, transform):
     """``parent``'s sub-layer ``name`` applied with a drawn ``transform``; dtype and shape kept."""
     out = op_layer(parent, name).transform_images(images, transform)
     return tf.ensure_shape(tf.cast(out, parent.compute_dtype), images.shape)
-
-
-def _check_ops(ops: tuple[str, ...], allowed: list[str], what: str) -> None:
-    unknown = sorted(set(ops) - set(allowed))
-    if unknown or not ops:
-        raise BcsubError(f"bad {what} ops {unknown or 'none'}; choose from {', '.join(allowed)}")
 
 
 class RandomChannelCast(keras.layers.Layer):

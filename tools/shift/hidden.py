@@ -44,7 +44,7 @@ from tools.shift.ops import (
     to_uint8,
     warp_affine,
 )
-from train.errors import BcsubError
+from train.errors import check_choices
 
 HIDDEN_LEVELS: tuple[int, ...] = (1, 2, 3)
 CALIBRATED_LEVEL = 2
@@ -96,9 +96,7 @@ def hidden_shift(images: np.ndarray, level: int = CALIBRATED_LEVEL, seed: int = 
     the pixel ops are drawn from ``ops`` (a subset of ``PIXEL_OPS``: to measure one op's share)."""
     check_images(images)
     check_level(level, HIDDEN_LEVELS, "hidden-shift level")
-    unknown = sorted(set(ops) - set(PIXEL_OPS))
-    if unknown or not ops:
-        raise BcsubError(f"unknown pixel ops {unknown or 'none'}; choose from {', '.join(PIXEL_OPS)}")
+    check_choices(ops, PIXEL_OPS, "pixel ops")
     params = shift or CALIBRATED.at_level(level)
     return chunked(images, lambda x, rng: _hidden(x, params, rng, ops), seed, "hidden")
 

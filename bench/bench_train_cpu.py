@@ -6,8 +6,9 @@ on a stratified BENCH_SHIFT_IMAGES, default 500, of the test images).
 
 Goals (issue 16): train + package within 30 minutes on the machine it runs on; calibrated expected hidden
 score >= 0.90; clean test accuracy >= 0.985. Re-running resumes: a finished run is not retrained (its
-training time is read from metrics.json). Writes bench/results/train_cpu.json. Needs ../shared/data (skips
-otherwise). Env: BENCH_OUT (run dir), BENCH_TRAIN_ARGS (extra train options), BENCH_BUDGET_MIN (default 30).
+training time is read from metrics.json). Writes bench/results/train_NAME.json for the run dir
+bench/runs/NAME (train_cpu.json by default). Needs ../shared/data (skips otherwise). Env: BENCH_OUT (run dir),
+BENCH_TRAIN_ARGS (extra train options), BENCH_BUDGET_MIN (default 30).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT))
 
+from bench.machine import describe  # noqa: E402
 from train.atomic import write_json  # noqa: E402
 
 
@@ -65,7 +67,7 @@ def main() -> None:
     plan_file = out / "plan.json"
     plan = json.loads(plan_file.read_text()) if plan_file.is_file() else None
     result = {
-        "device": f"CPU ({os.cpu_count()} cores)",
+        "device": describe(),
         "config": json.loads((out / "config.json").read_text()),
         "plan": plan,
         "train_wall_s": train_s, "package_wall_s": package_s, "train_and_package_min": (train_s + package_s) / 60,
@@ -82,7 +84,7 @@ def main() -> None:
                   "test_accuracy>=0.985": (hidden["clean_accuracy"] or 0) >= 0.985,
                   "expected_hidden_under_5_min": hidden_s <= 300},
     }
-    write_json(ROOT / "bench" / "results" / "train_cpu.json", result)
+    write_json(ROOT / "bench" / "results" / f"train_{out.name}.json", result)  # BENCH_OUT=.../cpu: train_cpu.json
     print(json.dumps(result, indent=2))
 
 

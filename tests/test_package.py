@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import zipfile
 
 import numpy as np
 import pytest
 
 from submission import model as runtime
+from tests.conftest import SAMPLE_TRAIN
 from tools.package import resolve_views
 from tools.tta_select import choose_tta
 from tools.validate import ValidationReport, check_layout, imported_modules
@@ -98,3 +100,24 @@ def test_choose_tta_scores_each_image_on_the_members_that_did_not_train_on_it():
     row = next(r for r in choice.table if r["name"] == "none" and r["weighting"] == "uniform")
     assert row["clean"] == pytest.approx(oof)
     assert np.isclose(sum(choice.member_weights), 1.0)
+
+
+def test_a_time_plan_share_chooses_tta_on_fewer_validation_images(tmp_path):
+    """`bcsub package` chooses the TTA on the share of the validation images that the run's time plan left
+    time for (plan.json; the smallest over the runs), stratified, never fewer than MIN_EVAL_IMAGES."""
+    from tools.eval_data import MIN_EVAL_IMAGES, planned_selection_share, validation_data
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "plan.json").write_text(json.dumps({"tta_selection_share": 0.4}))
+    (tmp_path / "other").mkdir()
+    assert planned_selection_share([str(run)]) == 0.4
+    assert planned_selection_share([str(tmp_path / "other")]) == 1.0  # no plan: every image
+    full, _ = validation_data([], str(SAMPLE_TRAIN), seed=0)
+    part, _ = validation_data([], str(SAMPLE_TRAIN), seed=0, share=0.4)
+    assert len(full.data) == 320 and len(part.data) == MIN_EVAL_IMAGES  # 0.4 x 320 = 128, below the floor
+    assert set(np.unique(part.data.labels)) == set(np.unique(full.data.labels))
+    with pytest.raises(BcsubError, match="--tta-share 1.5"):
+        from tools.package import PackageOptions, selection_share
+
+        selection_share(PackageOptions([str(run)], "x.zip", tta_share=1.5))

@@ -116,6 +116,68 @@ def test_ema_checkpoint_holds_the_weights_that_were_validated(tmp_path):
     assert accuracy == pytest.approx(max(logged), abs=1e-6)
 
 
+def test_xla_choice_follows_the_devices_and_the_option():
+    """--xla auto: XLA on a CPU-only machine without a strategy (this machine), Keras' own choice under
+    tf.distribute; on/off force it; anything else is refused with the choices."""
+    from train.fit import xla_for
+
+    assert xla_for("auto", distributed=False) is True  # no GPU here
+    assert xla_for("auto", distributed=True) == "auto"
+    assert xla_for("on", distributed=True) is True and xla_for("off", distributed=False) is False
+    with pytest.raises(BcsubError, match="--xla 'fast': choose one of: auto, on, off"):
+        TrainConfig(data="d", out="o", backbone="tinycnn", xla="fast")
+
+
+def xla_compiled(function) -> bool:
+    """Whether a Keras train function wraps a tf.function compiled with XLA (found through its closures)."""
+    seen, todo = set(), [function]
+    while todo:
+        f = todo.pop()
+        if id(f) in seen:
+            continue
+        seen.add(id(f))
+        if getattr(f, "_jit_compile", None):
+            return True
+        todo += [c.cell_contents for c in (getattr(f, "__closure__", None) or ()) if callable(c.cell_contents)]
+        todo += [w for w in (getattr(f, "__wrapped__", None), getattr(f, "_python_function", None)) if w]
+    return False
+
+
+def test_xla_compiled_training_learns_what_the_plain_step_learns(tmp_path):
+    """The default (XLA-compiled) training step on the CPU and the plain tf.function one, from the same start
+    on the same batches: the same loss curve and nearly the same network (XLA fuses, so float rounding
+    differs); the model really was compiled with XLA."""
+    import keras
+    import tensorflow as tf
+
+    from submission.model import build_network
+    from train.fit import Stage, run_stage
+    from train.pipeline import evaluation_dataset
+
+    rng = np.random.default_rng(0)
+    labels = np.arange(96) % 8
+    images = (rng.integers(0, 60, (96, 32, 32, 3)) + labels[:, None, None, None] * 24).astype(np.uint8)
+    val_ds = evaluation_dataset(images[::3], labels[::3], 16)
+    outputs, losses = {}, {}
+    for xla in ("auto", "off"):
+        out = tmp_path / xla
+        out.mkdir()
+        cfg = TrainConfig(data="d", out=str(out), backbone="tinycnn", weights="none", learning_rate=0.01,
+                          patience=0, warmup_epochs=0, dropout=0.0, xla=xla)
+        keras.utils.set_random_seed(0)
+        model = build_network({"backbone": "tinycnn", "image_size": 32, "dropout": 0.0}, input_size=32)
+        train_ds, steps = training_dataset(images, labels, 16, "none", 0, seed=0)
+        run_stage(model, Stage("full", 3, 0.01, None, 0.0, "none"), cfg, tf.distribute.get_strategy(), train_ds,
+                  steps, val_ds, out, None)
+        assert xla_compiled(model.train_function) is (xla == "auto")
+        assert model.jit_compile is False  # validation and prediction stay plain
+        with open(out / "history.csv", newline="") as handle:
+            losses[xla] = [float(row["loss"]) for row in csv.DictReader(handle)]
+        outputs[xla] = model.predict(images[:32].astype(np.float32), verbose=0)
+    np.testing.assert_allclose(losses["auto"], losses["off"], rtol=1e-3)
+    np.testing.assert_allclose(outputs["auto"], outputs["off"], atol=1e-3)
+
+
 def test_balanced_epoch_indices():
     labels = np.array([0] * 50 + [1] * 3 + [2] * 10 + [3, 4, 5, 6, 7] * 2)
     idx = epoch_indices(labels, 20, np.random.default_rng(0))

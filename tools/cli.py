@@ -83,6 +83,9 @@ def package(
     val: Annotated[Path | None, typer.Option(help="Validation npz for --tta auto (default: the run's)")] = None,
     batch_size: Annotated[int, typer.Option(help="Images x views per forward pass in model.py")] = 256,
     check_env: Annotated[bool, typer.Option(help="Also validate under tensorflow 2.17 / keras 3.4.1")] = False,
+    tta_share: Annotated[float | None, typer.Option(
+        help="Share of the validation images to choose TTA on (default: what the run's time plan left time "
+             "for, else all)")] = None,
 ) -> None:
     """Build the CodaBench zip and validate it in a fresh process."""
     from tools.display import checks_table, console, print_warnings, tta_table
@@ -90,7 +93,7 @@ def package(
     from tools.package import package as build
 
     options = PackageOptions([str(p) for p in run_dirs], str(out), tta, str(val) if val else None, batch_size,
-                             check_env)
+                             check_env, tta_share=tta_share)
     report = build(options, progress=lambda msg: console.print(f"[dim]{msg}[/]"))
     if report.tta:
         console.print(tta_table(report.tta))

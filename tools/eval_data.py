@@ -4,15 +4,19 @@ Never re-derived from the settings."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from train.data import Dataset, load_dataset, stratified_sample
+from train.planner import PLAN_FILE
 from train.runs import Member
 from train.splits import read_split
 
 MAX_EVAL_IMAGES = 800
+MIN_EVAL_IMAGES = 200  # a time plan's share of the validation images never leaves fewer than this
 
 
 @dataclass
@@ -31,14 +35,27 @@ class EvalData:
         return EvalData(self.data.subset(pick), self.source, usable)
 
 
-def validation_data(members: list[Member], val: str | None, seed: int) -> tuple[EvalData | None, str | None]:
-    """The data to choose TTA on, or None and the reason (a note for the user)."""
+def validation_data(members: list[Member], val: str | None, seed: int,
+                    share: float = 1.0) -> tuple[EvalData | None, str | None]:
+    """The data to choose TTA on (a stratified ``share`` of at most ``MAX_EVAL_IMAGES``, never fewer than
+    ``MIN_EVAL_IMAGES``), or None and the reason (a note for the user)."""
     if val:
         found: EvalData | None = EvalData(load_dataset(val, require_all_classes=False), f"--val {val}")
         reason = None
     else:
         found, reason = recorded_validation(members)
-    return (found.capped(MAX_EVAL_IMAGES, seed) if found else None), reason
+    if found is None:
+        return None, reason
+    limit = min(len(found.data), MAX_EVAL_IMAGES)
+    return found.capped(max(MIN_EVAL_IMAGES, round(share * limit)), seed), reason
+
+
+def planned_selection_share(run_dirs: list[str]) -> float:
+    """The share of the validation images the runs' time plans (``plan.json``, ``tta_selection_share``) left
+    time to choose the TTA on: the smallest over the runs, 1.0 without a plan."""
+    shares = [float(json.loads(path.read_text()).get("tta_selection_share", 1.0))
+              for run_dir in run_dirs for path in Path(run_dir).glob(f"**/{PLAN_FILE}")]
+    return min(shares, default=1.0)
 
 
 def recorded_validation(members: list[Member]) -> tuple[EvalData | None, str | None]:

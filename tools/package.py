@@ -18,7 +18,7 @@ import numpy as np
 import submission.model as runtime
 from tools.edge_cases import check_edge_cases
 from tools.equivalence import check_equivalence, import_runtime, member_name
-from tools.eval_data import EvalData, validation_data
+from tools.eval_data import EvalData, planned_selection_share, validation_data
 from tools.tta_select import CANDIDATE_VIEW_SETS, TTAChoice, choose_tta, shifted_eval_sets
 from tools.validate import (
     CODABENCH_TIME_LIMIT_S,
@@ -30,6 +30,7 @@ from tools.validate import (
 )
 from train.atomic import atomic_output, check_output
 from train.errors import BcsubError
+from train.planner import MAX_PACKAGE_SHARE
 from train.runs import Member, find_members, read_equivalence
 
 RUNTIME_SOURCE = Path(runtime.__file__)
@@ -47,6 +48,7 @@ class PackageOptions:
     batch_size: int = runtime.DEFAULT_BATCH_SIZE
     check_env: bool = False
     seed: int = 0
+    tta_share: float | None = None  # of the validation images to choose TTA on; None: the runs' time plans'
 
 
 @dataclass
@@ -84,9 +86,15 @@ def package(options: PackageOptions, progress=print) -> PackageReport:
     failed = first_failure(equivalence_report(members, models))  # in seconds; the zip's model.py is checked last
     if failed:
         raise BcsubError(f"{failed.name}: {failed.detail}")
-    data, reason = validation_data(members, options.val, options.seed) if options.tta == "auto" or options.val \
-        else (None, None)
+    share = selection_share(options)
+    data, reason = validation_data(members, options.val, options.seed, share) \
+        if options.tta == "auto" or options.val else (None, None)
     tta = plan_tta(models, data, options, progress, reason)
+    if share < 1.0 and tta.choice is not None:
+        tta.notes.append(f"TTA chosen on {len(data.data)} validation images ({share:.0%}): "
+                         + ("--tta-share" if options.tta_share is not None else
+                            f"the time plan kept packaging within {MAX_PACKAGE_SHARE:.0%} of --time-budget")
+                         + "; --tta-share 1 chooses on all of them")
     probe = probe_images(data, members, options.seed)
     tta, expected = fit_time_limit(tta, models, probe, options.batch_size)
     with tempfile.TemporaryDirectory(prefix="bcsub_pkg_") as tmp:
@@ -95,6 +103,16 @@ def package(options: PackageOptions, progress=print) -> PackageReport:
         validation, compat = check_draft(draft, probe, expected, options.check_env, members)
         publish(draft, out)
     return PackageReport(out, members, tta.choice, tta.views, validation, compat, tta.notes)
+
+
+def selection_share(options: PackageOptions) -> float:
+    """--tta-share, else the share the runs' time plans left time for (1.0 without a plan)."""
+    if options.tta_share is None:
+        return planned_selection_share(options.run_dirs)
+    if not 0.0 < options.tta_share <= 1.0:
+        raise BcsubError(f"--tta-share {options.tta_share}: give a share of the validation images, above 0 and "
+                         "at most 1")
+    return options.tta_share
 
 
 def find_run_members(run_dirs: list[str]) -> list[Member]:

@@ -33,9 +33,16 @@ TIMED_BATCHES = (3, 13)  # batches [3, 13) of a stage's first epoch time a step 
 # (about 14 passes' worth with every view) + 28 s of process starts, imports and shifted copies; the training
 # command's own start and finish took 13 s more. A training validation pass (1.06 s) stands in for a
 # packaging pass (0.91 s there): the reserve errs long, not short.
-PACKAGE_PASSES_PER_NETWORK = 122.0
+SELECTION_PASSES_PER_NETWORK = 108.0  # choosing the TTA: these scale with the images it is chosen on
+CHECK_PASSES_PER_NETWORK = 14.0  # the zip's checks
+PACKAGE_PASSES_PER_NETWORK = SELECTION_PASSES_PER_NETWORK + CHECK_PASSES_PER_NETWORK
 FINISH_FIXED_S = 45.0
 MIN_RESERVE_S = FINISH_FIXED_S  # kept before a validation pass has been timed
+# Packaging may take at most this share of the budget: on a machine slow enough for it to take more (3-4 s per
+# validation pass: about 15 of 30 minutes), the TTA is chosen on a share of the validation images instead
+# (``tta_selection_share``; `bcsub package` reads it from plan.json), and the time goes to training.
+MAX_PACKAGE_SHARE = 0.2
+MIN_SELECTION_SHARE = 0.25
 
 
 def allocate_epochs(available_s: float, max_epochs: list[int], seconds_per_epoch: list[float],
@@ -64,10 +71,21 @@ def allocate_epochs(available_s: float, max_epochs: list[int], seconds_per_epoch
     return plan
 
 
-def package_seconds(validation_pass_s: float, networks: int) -> float:
+def package_seconds(validation_pass_s: float, networks: int, selection_share: float = 1.0) -> float:
     """The time to keep after the last epoch: finishing the run and packaging ``networks`` networks, from the
-    measured time of one validation pass."""
-    return FINISH_FIXED_S + PACKAGE_PASSES_PER_NETWORK * networks * validation_pass_s
+    measured time of one validation pass, with the TTA chosen on ``selection_share`` of the validation images."""
+    passes = SELECTION_PASSES_PER_NETWORK * selection_share + CHECK_PASSES_PER_NETWORK
+    return FINISH_FIXED_S + passes * networks * validation_pass_s
+
+
+def tta_selection_share(validation_pass_s: float, networks: int, budget_s: float) -> float:
+    """The share of the validation images to choose the TTA on so that packaging takes at most
+    ``MAX_PACKAGE_SHARE`` of the budget (1.0 when all of them fit; never under ``MIN_SELECTION_SHARE``)."""
+    if package_seconds(validation_pass_s, networks) <= MAX_PACKAGE_SHARE * budget_s:
+        return 1.0
+    fixed = package_seconds(validation_pass_s, networks, selection_share=0.0)
+    share = (MAX_PACKAGE_SHARE * budget_s - fixed) / (SELECTION_PASSES_PER_NETWORK * networks * validation_pass_s)
+    return round(min(1.0, max(MIN_SELECTION_SHARE, share)), 3)
 
 
 def moved(new: float, old: float) -> bool:
@@ -96,6 +114,7 @@ class BudgetPlanner:
     clock: Callable[[], float] = time.monotonic
     reserve_s: float = MIN_RESERVE_S
     package_members: int = 1  # networks this member ships (2 for a snapshot pair): packaging scales with it
+    selection_share: float = 1.0  # of the validation images `bcsub package` chooses the TTA on
     path: Path | None = None
     history: list[dict] = field(default_factory=list)
 
@@ -164,6 +183,12 @@ class BudgetPlanner:
         self.replan("packaging time measured")
         return True
 
+    def validation_pass_timed(self, seconds: float) -> bool:
+        """Size the packaging reserve (and the TTA selection share) from one validation pass's time; re-plan
+        when the reserve moves by more than ``REPLAN_CHANGE``."""
+        self.selection_share = tta_selection_share(seconds, self.package_members, self.budget_s)
+        return self.set_reserve(package_seconds(seconds, self.package_members, self.selection_share))
+
     def replan(self, reason: str) -> None:
         """Choose the epochs still to run for every stage from the time left and the measured speeds."""
         todo, speeds = self._todo()
@@ -186,7 +211,7 @@ class BudgetPlanner:
 
     def to_json(self) -> dict:
         return {"budget_s": self.budget_s, "used_s": round(self.clock() - self.start, 1),
-                "reserve_s": round(self.reserve_s, 1),
+                "reserve_s": round(self.reserve_s, 1), "tta_selection_share": self.selection_share,
                 "stages": [{"name": s.name, "max_epochs": s.max_epochs, "planned": s.planned, "done": s.done,
                             "finished": s.finished, "seconds_per_epoch": s.seconds_per_epoch}
                            for s in self.stages],
@@ -203,6 +228,7 @@ class BudgetPlanner:
         saved = json.loads(self.path.read_text())
         self.start -= float(saved.get("used_s", 0.0))
         self.history = list(saved.get("plans", []))
+        self.selection_share = float(saved.get("tta_selection_share", 1.0))
         by_name = {s["name"]: s for s in saved.get("stages", [])}
         for stage in self.stages:
             old = by_name.get(stage.name)
@@ -300,8 +326,7 @@ class FollowPlan(keras.callbacks.Callback):
         if len(self.test_seconds) == 1 and self.planner.reserve_s > MIN_RESERVE_S:
             return  # a stage's first pass traces its graph: an earlier stage's measurement is better
         timed = self.test_seconds[1:] or self.test_seconds
-        if self.planner.set_reserve(package_seconds(statistics.median(timed[-RECENT:]),
-                                                    self.planner.package_members)):
+        if self.planner.validation_pass_timed(statistics.median(timed[-RECENT:])):
             self._follow("validation pass timed")
 
     def on_train_begin(self, logs=None):

@@ -16,7 +16,7 @@ from train.runs import Member
 from train.splits import read_split
 
 MAX_EVAL_IMAGES = 800
-MIN_EVAL_IMAGES = 200  # a time plan's share of the validation images never leaves fewer than this
+MIN_EVAL_IMAGES = 200  # a time plan's share never leaves fewer (to a few: the sample rounds per class)
 
 
 @dataclass

@@ -125,7 +125,7 @@ class TrainConfig:
     clean: bool = option(False, "Remove outliers and duplicates first (see inspect)")
     multi_worker: bool = option(False, "MultiWorkerMirroredStrategy from TF_CONFIG")
     xla: str = option("auto", "auto | on | off: XLA-compile the training step (auto: on when training on the CPU "
-                      "without a distribution strategy, about 2x faster there; Keras' own choice elsewhere)")
+                      "without a distribution strategy, 1.2-1.4x the steps/s there; Keras' own choice elsewhere)")
     mixed_precision: bool | None = None  # None: on when there is a GPU
 
     def __post_init__(self) -> None:

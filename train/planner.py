@@ -38,9 +38,9 @@ CHECK_PASSES_PER_NETWORK = 14.0  # the zip's checks
 PACKAGE_PASSES_PER_NETWORK = SELECTION_PASSES_PER_NETWORK + CHECK_PASSES_PER_NETWORK
 FINISH_FIXED_S = 45.0
 MIN_RESERVE_S = FINISH_FIXED_S  # kept before a validation pass has been timed
-# Packaging may take at most this share of the budget: on a machine slow enough for it to take more (3-4 s per
-# validation pass: about 15 of 30 minutes), the TTA is chosen on a share of the validation images instead
-# (``tta_selection_share``; `bcsub package` reads it from plan.json), and the time goes to training.
+# Packaging may take at most this share of the budget: on a machine slow enough for it to take more (seen: 5 s
+# per validation pass, 22 of 30 minutes for a snapshot pair), the TTA is chosen on a share of the validation
+# images instead (``tta_selection_share``; `bcsub package` reads it from plan.json); the time goes to training.
 MAX_PACKAGE_SHARE = 0.2
 MIN_SELECTION_SHARE = 0.25
 

@@ -124,8 +124,8 @@ class TrainConfig:
         flag="--time-budget")
     clean: bool = option(False, "Remove outliers and duplicates first (see inspect)")
     multi_worker: bool = option(False, "MultiWorkerMirroredStrategy from TF_CONFIG")
-    xla: str = option("auto", "auto | on | off: XLA-compile the training step (auto: on when training on the CPU "
-                      "without a distribution strategy, 1.2-1.4x the steps/s there; Keras' own choice elsewhere)")
+    xla: str = option("auto", "auto | on | off: XLA-compile the training step (auto: on for stages of 500+ steps on "
+                      "the CPU without a distribution strategy, 1.2-1.4x the steps/s there; else Keras' choice)")
     mixed_precision: bool | None = None  # None: on when there is a GPU
 
     def __post_init__(self) -> None:

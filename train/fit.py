@@ -171,13 +171,19 @@ def set_precision(mixed_precision: bool | None) -> None:
         keras.mixed_precision.set_global_policy("mixed_float16")
 
 
-def xla_for(choice: str, distributed: bool) -> bool | str:
+XLA_MIN_STEPS = 500  # --xla auto: compiling costs seconds per stage (5 s for the tiny test network), so short
+# stages (tests, quick looks) stay plain; the CPU preset's main stage has 7,840 steps
+
+
+def xla_for(choice: str, distributed: bool, steps: int) -> bool | str:
     """``jit_compile`` for ``model.compile``: ``--xla auto`` turns XLA on for CPU-only training without a
-    distribution strategy, where Keras' own "auto" leaves it off but the training step runs 1.2-1.4x as fast
-    (bench/bench_pipeline.py); elsewhere Keras decides (on for one GPU, off under tf.distribute)."""
+    distribution strategy in a stage of at least ``XLA_MIN_STEPS`` steps, where Keras' own "auto" leaves it off
+    but the training step runs 1.2-1.4x as fast (bench/bench_pipeline.py); elsewhere Keras decides (on for one
+    GPU, off under tf.distribute)."""
     if choice != "auto":
         return choice == "on"
-    return True if not distributed and not tf.config.list_physical_devices("GPU") else "auto"
+    cpu_only = not tf.config.list_physical_devices("GPU")
+    return True if cpu_only and not distributed and steps >= XLA_MIN_STEPS else "auto"
 
 
 def compile_for(model: keras.Model, stage: Stage, cfg: TrainConfig, steps: int,
@@ -221,7 +227,8 @@ def run_stage(model, stage: Stage, cfg: TrainConfig, strategy, train_ds, steps: 
         return
     set_backbone_trainable(model, stage.trainable_top)
     set_head_l2(model, stage.l2)
-    jit_compile = xla_for(cfg.xla, distributed=cfg.multi_worker or strategy.num_replicas_in_sync > 1)
+    jit_compile = xla_for(cfg.xla, distributed=cfg.multi_worker or strategy.num_replicas_in_sync > 1,
+                          steps=stage.epochs * steps)
     with strategy.scope():
         schedule = compile_for(model, stage, cfg, steps, jit_compile)
     callbacks = [

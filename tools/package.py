@@ -91,10 +91,10 @@ def package(options: PackageOptions, progress=print) -> PackageReport:
         if options.tta == "auto" or options.val else (None, None)
     tta = plan_tta(models, data, options, progress, reason)
     if share < 1.0 and tta.choice is not None:
-        tta.notes.append(f"TTA chosen on {len(data.data)} validation images ({share:.0%}): "
-                         + ("--tta-share" if options.tta_share is not None else
-                            f"the time plan kept packaging within {MAX_PACKAGE_SHARE:.0%} of --time-budget")
-                         + "; --tta-share 1 chooses on all of them")
+        why = "--tta-share" if options.tta_share is not None else \
+            f"the time plan kept packaging within {MAX_PACKAGE_SHARE:.0%} of --time-budget"
+        tta.notes.append(f"TTA chosen on {len(data.data)} validation images ({share:.0%}): {why}; "
+                         "--tta-share 1 chooses on all of them")
     probe = probe_images(data, members, options.seed)
     tta, expected = fit_time_limit(tta, models, probe, options.batch_size)
     with tempfile.TemporaryDirectory(prefix="bcsub_pkg_") as tmp:

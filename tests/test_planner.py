@@ -292,3 +292,38 @@ def test_on_a_slow_machine_packaging_keeps_its_share_of_the_budget(tmp_path):
     saved = json.loads(path.read_text())
     assert saved["tta_selection_share"] == share
     assert BudgetPlanner.for_stages(1800, [("full", 70), ("polish", 8)], path, clock=clock).selection_share == share
+
+
+def _first_epochs_log(budget_s: float, stage: str = "full", hint: str | None = "try a smaller input") -> list[str]:
+    """The log of a stage's first two epochs at 100 s each (steps 1 s), in a plan of 70 main + 8 polish epochs."""
+    clock, lines = FakeClock(), []
+    planner = BudgetPlanner.for_stages(budget_s, [("full", 70), ("polish", 8)], clock=clock)
+    follow = FollowPlan(planner, stage, steps=100, schedule=PlannedCosineDecay(2e-3, 7000), log=lines.append,
+                        few_epochs_hint=hint)
+    follow.set_model(keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)]))
+    follow.on_train_begin()
+    run_epochs(follow, clock, [100.0, 100.0], steps=100)
+    return lines
+
+
+def test_a_budget_that_fits_few_main_epochs_hints_at_a_smaller_input_once():
+    """Seen on a 2-core machine: the CPU preset's 30 minutes fitted 8 of its 70 main epochs at 72 px, and 56 px
+    (16 epochs) scored higher on validation; the run says so after its first epoch, once, in the main stage."""
+    hints = [line for line in _first_epochs_log(1800) if line.startswith("hint:")]
+    assert len(hints) == 1 and "of the 70 epochs of 'full'" in hints[0] and "try a smaller input" in hints[0]
+    assert not [line for line in _first_epochs_log(1800, stage="polish") if line.startswith("hint:")]
+    assert not [line for line in _first_epochs_log(3 * 3600) if line.startswith("hint:")]  # most epochs fit
+    assert not [line for line in _first_epochs_log(1800, hint=None) if line.startswith("hint:")]
+
+
+def test_the_smaller_input_hint_is_for_from_scratch_networks_above_its_side():
+    from train.config import TrainConfig
+    from train.fit import SMALL_INPUT_SIDE, model_input_side, smaller_input_hint
+
+    scratch = TrainConfig.from_options(preset="cpu", data="x.npz", out="run")
+    side = model_input_side(runtime.build_network(scratch.model_spec()))
+    assert side == 72 == model_input_side(runtime.build_network(scratch.model_spec(), input_size=72))
+    assert f"--image-size {SMALL_INPUT_SIDE}" in smaller_input_hint(scratch, side)
+    assert smaller_input_hint(scratch, SMALL_INPUT_SIDE) is None
+    pretrained = TrainConfig.from_options(preset="cpu", data="x.npz", out="run", weights="imagenet")
+    assert smaller_input_hint(pretrained, side) is None

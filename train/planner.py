@@ -43,6 +43,10 @@ MIN_RESERVE_S = FINISH_FIXED_S  # kept before a validation pass has been timed
 # images instead (``tta_selection_share``; `bcsub package` reads it from plan.json); the time goes to training.
 MAX_PACKAGE_SHARE = 0.2
 MIN_SELECTION_SHARE = 0.25
+# A first stage planned to fewer than this share of its epochs gets the smaller-input hint (``FollowPlan``): on the
+# 2-core machine where `--preset cpu` fitted 8 of 70 main epochs at 72 px, 56 px fitted 16 and scored higher on
+# validation (README, Benchmarks); on the machine that fitted 33 at 72 px, the preset's side stays the default.
+FEW_EPOCHS_SHARE = 0.25
 
 
 def allocate_epochs(available_s: float, max_epochs: list[int], seconds_per_epoch: list[float],
@@ -204,6 +208,11 @@ class BudgetPlanner:
                              "planned": {s.name: s.planned for s in self.stages}})
         self.save()
 
+    def few_epochs(self, name: str) -> bool:
+        """Stage ``name`` is the first and is planned to fewer than ``FEW_EPOCHS_SHARE`` of its epochs."""
+        stage = self.stage(name)
+        return stage is self.stages[0] and stage.planned < FEW_EPOCHS_SHARE * stage.max_epochs
+
     def epoch_done(self, name: str, epochs: int) -> None:
         """Stage ``name`` has finished ``epochs`` epochs (Keras' own count, right after a resume too)."""
         self.stage(name).done = epochs
@@ -291,9 +300,10 @@ class FollowPlan(keras.callbacks.Callback):
     the planner, keeps the schedule's length equal to the planned epochs, and stops at the plan's end."""
 
     def __init__(self, planner: BudgetPlanner, stage: str, steps: int, schedule: PlannedCosineDecay,
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] = print, few_epochs_hint: str | None = None):
         super().__init__()
         self.planner, self.stage_name, self.steps, self.schedule, self.log = planner, stage, steps, schedule, log
+        self.few_epochs_hint = few_epochs_hint  # logged once when the first stage gets few of its epochs
         self.clock = planner.clock
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -342,6 +352,9 @@ class FollowPlan(keras.callbacks.Callback):
         self._observe(statistics.median(self.epoch_times[-RECENT:]), f"epoch {epoch + 1}",
                       force=len(self.epoch_times) == 1)
         stage = self.planner.stage(self.stage_name)
+        if len(self.epoch_times) == 1 and self.few_epochs_hint and self.planner.few_epochs(self.stage_name):
+            self.log(f"hint: this machine fits {stage.planned} of the {stage.max_epochs} epochs of "
+                     f"'{stage.name}'; {self.few_epochs_hint}")
         if stage.done >= stage.planned:
             self.model.stop_training = True
 

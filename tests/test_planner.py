@@ -321,9 +321,10 @@ def test_the_smaller_input_hint_is_for_from_scratch_networks_above_its_side():
     from train.fit import SMALL_INPUT_SIDE, model_input_side, smaller_input_hint
 
     scratch = TrainConfig.from_options(preset="cpu", data="x.npz", out="run")
-    side = model_input_side(runtime.build_network(scratch.model_spec()))
-    assert side == 72 == model_input_side(runtime.build_network(scratch.model_spec(), input_size=72))
-    assert f"--image-size {SMALL_INPUT_SIDE}" in smaller_input_hint(scratch, side)
-    assert smaller_input_hint(scratch, SMALL_INPUT_SIDE) is None
+    network = runtime.build_network(scratch.model_spec())  # 96 px in, resized to 72 inside
+    assert model_input_side(network) == 72 == model_input_side(runtime.build_network(scratch.model_spec(), 0, 72))
+    assert f"--image-size {SMALL_INPUT_SIDE}" in smaller_input_hint(scratch, network)
+    small = TrainConfig.from_options(preset="cpu", data="x.npz", out="run", image_size=SMALL_INPUT_SIDE)
+    assert smaller_input_hint(small, runtime.build_network(small.model_spec())) is None
     pretrained = TrainConfig.from_options(preset="cpu", data="x.npz", out="run", weights="imagenet")
-    assert smaller_input_hint(pretrained, side) is None
+    assert smaller_input_hint(pretrained, network) is None

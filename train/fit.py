@@ -246,7 +246,7 @@ def run_stage(model, stage: Stage, cfg: TrainConfig, strategy, train_ds, steps: 
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=cfg.patience))
     if planner is not None:
         callbacks.append(FollowPlan(planner, stage.name, steps, schedule,
-                                    few_epochs_hint=smaller_input_hint(cfg, model_input_side(model))))
+                                    few_epochs_hint=smaller_input_hint(cfg, model)))
     if cfg.multi_worker:
         fix_multi_worker_fit(model)
         callbacks.append(AgreeToStop(strategy))  # last: after every callback that may stop
@@ -256,11 +256,14 @@ def run_stage(model, stage: Stage, cfg: TrainConfig, strategy, train_ds, steps: 
     done.touch()
 
 
-def smaller_input_hint(cfg: TrainConfig, side: int) -> str | None:
-    """What to try when the time budget fits few epochs: a from-scratch network at a side above
-    ``SMALL_INPUT_SIDE`` trains more epochs in the same time at that side (None otherwise: a pretrained
+def smaller_input_hint(cfg: TrainConfig, model: keras.Model) -> str | None:
+    """What to try when the time budget fits few epochs: a from-scratch network whose backbone sees more than
+    ``SMALL_INPUT_SIDE`` px trains more epochs in the same time at that side (None otherwise: a pretrained
     backbone keeps the side its weights were trained at)."""
-    if cfg.pretrained or side <= SMALL_INPUT_SIDE:
+    if cfg.pretrained:
+        return None
+    side = model_input_side(model)
+    if side <= SMALL_INPUT_SIDE:
         return None
     return (f"from scratch, --image-size {SMALL_INPUT_SIDE} trains about {(side / SMALL_INPUT_SIDE) ** 2:.1f}x "
             "the epochs in the same time (on a 2-core machine that fitted 8 of 70 epochs at 72 px: 16 at 56 px, "

@@ -318,13 +318,12 @@ def test_a_budget_that_fits_few_main_epochs_hints_at_a_smaller_input_once():
 
 def test_the_smaller_input_hint_is_for_from_scratch_networks_above_its_side():
     from train.config import TrainConfig
-    from train.fit import SMALL_INPUT_SIDE, model_input_side, smaller_input_hint
+    from train.fit import SMALL_INPUT_SIDE, smaller_input_hint
 
     scratch = TrainConfig.from_options(preset="cpu", data="x.npz", out="run")
-    network = runtime.build_network(scratch.model_spec())  # 96 px in, resized to 72 inside
-    assert model_input_side(network) == 72 == model_input_side(runtime.build_network(scratch.model_spec(), 0, 72))
-    assert f"--image-size {SMALL_INPUT_SIDE}" in smaller_input_hint(scratch, network)
+    assert runtime.network_input_size(scratch.model_spec()) == 72  # the side the preset's backbone sees
+    assert f"--image-size {SMALL_INPUT_SIDE}" in smaller_input_hint(scratch, scratch.model_spec())
     small = TrainConfig.from_options(preset="cpu", data="x.npz", out="run", image_size=SMALL_INPUT_SIDE)
-    assert smaller_input_hint(small, runtime.build_network(small.model_spec())) is None
+    assert smaller_input_hint(small, small.model_spec()) is None
     pretrained = TrainConfig.from_options(preset="cpu", data="x.npz", out="run", weights="imagenet")
-    assert smaller_input_hint(pretrained, network) is None
+    assert smaller_input_hint(pretrained, pretrained.model_spec()) is None

@@ -108,7 +108,8 @@ class MemberFit:
             if stage.name == "polish" and cfg.snapshot_ensemble:
                 snapshots["unpolished"] = self.model.get_weights()  # the previous stage's best epoch
             run_stage(self.model, stage, cfg, self.strategy, *self.train_batches(stage.augment), self.val_ds,
-                      self.out, class_weight, planner, samples=functools.partial(self.sample_batch, stage.augment))
+                      self.out, class_weight, planner, samples=functools.partial(self.sample_batch, stage.augment),
+                      few_epochs_hint=smaller_input_hint(cfg, self.spec))
         if snapshots:
             snapshots["polished"] = self.model.get_weights()
         return snapshots, time.time() - wall_start
@@ -217,7 +218,7 @@ def class_weight_for(labels: np.ndarray) -> dict[int, float]:
 
 def run_stage(model, stage: Stage, cfg: TrainConfig, strategy, train_ds, steps: int, val_ds, out: Path,
               class_weight: dict | None, planner: BudgetPlanner | None = None,
-              samples=None) -> None:
+              samples=None, few_epochs_hint: str | None = None) -> None:
     """One ``model.fit`` with its backup, history (``history.csv`` and TensorBoard under ``tb/STAGE``;
     ``samples()`` gives the augmented images shown there), checkpoint and stopping callbacks; ends on the
     stage's best epoch. A stage marked done is only reloaded."""
@@ -245,8 +246,7 @@ def run_stage(model, stage: Stage, cfg: TrainConfig, strategy, train_ds, steps: 
     if cfg.patience:
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=cfg.patience))
     if planner is not None:
-        callbacks.append(FollowPlan(planner, stage.name, steps, schedule,
-                                    few_epochs_hint=smaller_input_hint(cfg, model)))
+        callbacks.append(FollowPlan(planner, stage.name, steps, schedule, few_epochs_hint=few_epochs_hint))
     if cfg.multi_worker:
         fix_multi_worker_fit(model)
         callbacks.append(AgreeToStop(strategy))  # last: after every callback that may stop
@@ -256,24 +256,16 @@ def run_stage(model, stage: Stage, cfg: TrainConfig, strategy, train_ds, steps: 
     done.touch()
 
 
-def smaller_input_hint(cfg: TrainConfig, model: keras.Model) -> str | None:
+def smaller_input_hint(cfg: TrainConfig, spec: dict) -> str | None:
     """What to try when the time budget fits few epochs: a from-scratch network whose backbone sees more than
-    ``SMALL_INPUT_SIDE`` px trains more epochs in the same time at that side (None otherwise: a pretrained
-    backbone keeps the side its weights were trained at)."""
-    if cfg.pretrained:
-        return None
-    side = model_input_side(model)
-    if side <= SMALL_INPUT_SIDE:
+    ``SMALL_INPUT_SIDE`` px (``spec``) trains more epochs in the same time at that side (None otherwise: a
+    pretrained backbone keeps the side its weights were trained at)."""
+    side = network_input_size(spec)
+    if cfg.pretrained or side <= SMALL_INPUT_SIDE:
         return None
     return (f"from scratch, --image-size {SMALL_INPUT_SIDE} trains about {(side / SMALL_INPUT_SIDE) ** 2:.1f}x "
             "the epochs in the same time (on a 2-core machine that fitted 8 of 70 epochs at 72 px: 16 at 56 px, "
             "validation accuracy 0.967 -> 0.979, expected hidden 0.683 -> 0.717; README, Benchmarks)")
-
-
-def model_input_side(model: keras.Model) -> int:
-    """The side the network's backbone sees (after its own resizing)."""
-    resize = next((layer for layer in model.layers if layer.name == "resize"), None)
-    return int(resize.height if resize is not None else model.input_shape[1])
 
 
 def training_input_size(spec: dict) -> int | None:

@@ -84,6 +84,15 @@ class PerImageStandardization(layers.Layer):
         return (x - mean) / keras.ops.maximum(std, 1.0)
 
 
+class FoldedStandardization(PerImageStandardization):
+    """Solarize-proof standardisation: each value v becomes min(v, 255 - v) first, so an image and any
+    solarized copy of it (every value above some threshold t replaced by 255 - v) look the same to the
+    network. The price: v and 255 - v can no longer be told apart."""
+
+    def call(self, x):
+        return super().call(127.5 - keras.ops.abs(x - 127.5))
+
+
 class LogitOffset(layers.Layer):
     """Adds fixed per-class offsets to the logits (from the model spec, no weights).
 
@@ -104,12 +113,14 @@ class LogitOffset(layers.Layer):
 
 # What a network does to the 0..255 pixels before its backbone. "raw": nothing (the keras.applications
 # model rescales them itself); "tf": scale to [-1, 1]; "unit": scale to [0, 1]; "standardize": per image
-# and channel, zero mean and unit variance (brightness, contrast and colour-cast shifts cancel out).
+# and channel, zero mean and unit variance (brightness, contrast and colour-cast shifts cancel out); "fold":
+# the same after folding v to min(v, 255 - v) (solarization cancels out too).
 PREPROCESSING = {
     "raw": None,
     "tf": lambda: layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess"),
     "unit": lambda: layers.Rescaling(1 / 255.0, name="preprocess"),
     "standardize": lambda: PerImageStandardization(name="preprocess"),
+    "fold": lambda: FoldedStandardization(name="preprocess"),
 }
 
 

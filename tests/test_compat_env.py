@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from tests.conftest import run_cli
@@ -30,12 +31,17 @@ for name in sorted(runtime.BACKBONES):
     shapes = [tuple(w.shape) for w in net.weights]
     out[name] = [len(shapes), hashlib.md5(str(shapes).encode()).hexdigest()]
 print("SHAPES" + json.dumps(out))
+import numpy as np
+x = np.linspace(0, 255, 48, dtype="float32").reshape(1, 4, 4, 3)
+prep = {k: np.asarray(make()(x)).ravel().tolist() for k, make in runtime.PREPROCESSING.items() if make}
+print("PREP" + json.dumps(prep))
 """
 
 
 @pytest.mark.slow
-def test_every_backbone_has_the_same_weight_layout_in_keras_3_4(tmp_path):
-    """Weights ship as arrays in get_weights() order: that order must be the same in the server's Keras."""
+def test_every_backbone_has_the_same_weight_layout_and_preprocessing_in_keras_3_4(tmp_path):
+    """Weights ship as arrays in get_weights() order: that order must be the same in the server's Keras, and
+    every preprocessing the spec can name must compute the same pixels there."""
     import shutil
     import subprocess
     import sys
@@ -45,14 +51,18 @@ def test_every_backbone_has_the_same_weight_layout_in_keras_3_4(tmp_path):
 
     shutil.copyfile(runtime.__file__, tmp_path / "model.py")
     (tmp_path / "shapes.py").write_text(SHAPES_SCRIPT)
-    layouts = []
+    layouts, pixels = [], []
     for python in (sys.executable, str(compat_python())):
         proc = subprocess.run([python, str(tmp_path / "shapes.py"), str(tmp_path)], capture_output=True, text=True,
                               cwd=tmp_path, timeout=900)
-        line = [x for x in proc.stdout.splitlines() if x.startswith("SHAPES")]
-        assert line, proc.stderr[-2000:]
-        layouts.append(json.loads(line[0][len("SHAPES"):]))
+        lines = {x[:4]: x for x in proc.stdout.splitlines() if x.startswith(("SHAPES", "PREP"))}
+        assert {"SHAP", "PREP"} <= set(lines), proc.stderr[-2000:]
+        layouts.append(json.loads(lines["SHAP"][len("SHAPES"):]))
+        pixels.append(json.loads(lines["PREP"][len("PREP"):]))
     assert layouts[0] == layouts[1]
+    assert set(pixels[0]) == set(pixels[1]) == {k for k, make in runtime.PREPROCESSING.items() if make}
+    for name, ours in pixels[0].items():
+        assert np.allclose(ours, pixels[1][name], atol=1e-5), name
 
 
 RUNTIME_SCRIPT = """

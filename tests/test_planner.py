@@ -4,6 +4,7 @@ and a real run whose schedule is cut to fit its budget."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -318,7 +319,7 @@ def test_a_budget_that_fits_few_main_epochs_hints_at_a_smaller_input_once():
 
 def test_the_smaller_input_hint_is_for_from_scratch_networks_above_its_side():
     from train.config import TrainConfig
-    from train.fit import SMALL_INPUT_SIDE, smaller_input_hint
+    from train.side import SMALL_INPUT_SIDE, smaller_input_hint
 
     scratch = TrainConfig.from_options(preset="cpu", data="x.npz", out="run")
     assert runtime.network_input_size(scratch.model_spec()) == 72  # the side the preset's backbone sees
@@ -327,3 +328,60 @@ def test_the_smaller_input_hint_is_for_from_scratch_networks_above_its_side():
     assert smaller_input_hint(small, small.model_spec()) is None
     pretrained = TrainConfig.from_options(preset="cpu", data="x.npz", out="run", weights="imagenet")
     assert smaller_input_hint(pretrained, pretrained.model_spec()) is None
+
+
+def test_the_side_probe_shrinks_the_input_only_where_the_budget_fits_few_main_epochs():
+    """The two machines the CPU preset was measured on: 130 s per main epoch at 72 px (30 minutes fit 11 of 70
+    epochs) trains at 56 px; 37 s per epoch (about 40 of 70 fit) keeps 72 px. The real plan is not touched."""
+    from train.side import SMALL_INPUT_SIDE, choose_side, side_message
+
+    clock = FakeClock()
+    planner = BudgetPlanner.for_stages(1800, [("full", 70), ("polish", 8)], clock=clock, package_members=2)
+    slow = choose_side(planner, 72, 130.0)
+    assert slow["image_size"] == SMALL_INPUT_SIDE and slow["fits_epochs"] < 0.25 * 70
+    assert "training at 56 px instead" in side_message(slow) and "--no-auto-image-size" in side_message(slow)
+    fast = choose_side(planner, 72, 37.0)
+    assert fast["image_size"] == 72 and fast["fits_epochs"] >= 0.25 * 70 and "keeping 72 px" in side_message(fast)
+    assert planner.stage("full").seconds_per_epoch is None and not planner.history  # a scratch plan only
+
+
+def test_auto_image_size_is_the_cpu_presets_unless_a_side_is_asked_for():
+    from train.config import TrainConfig
+    from train.side import auto_side_applies
+
+    def applies(**options) -> bool:
+        cfg = TrainConfig.from_options(preset="cpu", data="x.npz", out="run", **options)
+        return auto_side_applies(cfg, cfg.model_spec())
+
+    assert applies()
+    assert not applies(image_size=72)  # asked for: kept
+    assert applies(image_size=72, auto_image_size=True)
+    assert not applies(auto_image_size=False)
+    assert not applies(time_budget_minutes=0.0)  # no budget, nothing to fit
+    assert not applies(weights="imagenet")  # pretrained weights keep their side
+    assert not applies(image_size=56, auto_image_size=True)  # already small
+
+
+def test_a_run_whose_budget_fits_few_epochs_trains_and_ships_the_smaller_side(tmp_path):
+    """The real command: the probe times tinycnn at 64 px, the budget fits few of its 100,000 epochs, so the
+    network trains and ships at 56 px (side.json, model.json, the log). A run dir that already holds a choice
+    (a resumed run) keeps it without probing again."""
+    args = ["train", "--data", str(SAMPLE_TRAIN), "--backbone", "tinycnn", "--weights", "none", "--image-size", "64",
+            "--auto-image-size", "--epochs", "100000", "--limit", "64", "--batch-size", "16", "--augment", "v1",
+            "--patience", "0", "--time-budget", "0.4"]
+    out = tmp_path / "run"
+    proc = run_cli(*args, "--out", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    side = json.loads((out / "side.json").read_text())
+    assert side["probed_side"] == 64 and side["image_size"] == 56
+    assert json.loads((out / "model.json").read_text())["image_size"] == 56
+    assert "training at 56 px instead" in proc.stdout
+    rows = json.loads(run_cli("runs", str(tmp_path), "--json").stdout)
+    assert [row["image_size"] for row in rows if Path(row["run"]).name == "run"] == [56]  # not the side asked for
+
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "side.json").write_text(json.dumps({**side, "image_size": 64}))
+    proc = run_cli(*args, "--out", str(kept))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads((kept / "model.json").read_text())["image_size"] == 64 and "image size:" not in proc.stdout

@@ -142,6 +142,24 @@ def test_standardized_input_ignores_brightness_and_contrast():
     assert np.isfinite(net.predict(flat, verbose=0)).all()
 
 
+def _solarized(x: np.ndarray, threshold: float) -> np.ndarray:
+    return np.where(x >= threshold, 255 - x, x)
+
+
+def test_folded_input_ignores_solarization_at_any_threshold():
+    """With "fold" preprocessing an image and its solarized copies (thresholds across the range the hidden
+    shift draws, per channel too) give the same prediction; the plain standardised network does not."""
+    x = _images(4, seed=3).astype(np.float32)
+    folded = runtime.build_network({"backbone": "tinycnn", "image_size": 96, "preprocessing": "fold"})
+    plain = runtime.build_network({"backbone": "tinycnn", "image_size": 96, "preprocessing": "standardize"})
+    runtime.assign_weights(plain, folded.get_weights())  # same layout: preprocessing has no weights
+    base, base_plain = folded.predict(x, verbose=0), plain.predict(x, verbose=0)
+    for threshold in (96.0, 128.0, np.array([100.0, 180.0, 250.0], np.float32), 200.0):
+        assert np.allclose(folded.predict(_solarized(x, threshold), verbose=0), base, atol=1e-5)
+    assert not np.allclose(plain.predict(_solarized(x, 128.0), verbose=0), base_plain, atol=1e-3)
+    assert not np.allclose(base, base_plain, atol=1e-3)  # it is not the standardised network in disguise
+
+
 def test_network_at_training_size_shares_weights_with_the_shipping_one():
     """Training feeds images already shrunk to the network's side; the 96 px network with the same
     weights gives the same output on the full-size images."""

@@ -288,3 +288,15 @@ def test_presets_and_overrides():
         TrainConfig.from_options(None, data="d", out="o", backbone="vgg99")
     with pytest.raises(BcsubError, match="unknown preset"):
         TrainConfig.from_options("tpu", data="d", out="o")
+
+
+def test_preprocessing_option_reaches_the_model_spec():
+    """--preprocessing fold is recorded in the spec the network is rebuilt from (training, package, zip);
+    pretrained backbones keep their own, and an unknown choice names the choices."""
+    assert TrainConfig.from_options("cpu", data="d", out="o").model_spec()["preprocessing"] == "standardize"
+    folded = TrainConfig.from_options("cpu", data="d", out="o", preprocessing="fold")
+    assert folded.model_spec()["preprocessing"] == "fold"
+    with pytest.raises(BcsubError, match="choose one of: standardize, fold"):
+        TrainConfig.from_options("cpu", data="d", out="o", preprocessing="invert")
+    with pytest.raises(BcsubError, match="efficientnetv2s keeps the preprocessing"):
+        TrainConfig.from_options("gpu", data="d", out="o", preprocessing="fold")

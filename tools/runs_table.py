@@ -23,6 +23,7 @@ from train.runs import (
     HISTORY_FILE,
     METRICS_FILE,
     MODEL_SPEC_FILE,
+    SIDE_FILE,
     WEIGHTS_FILE,
     is_complete_run,
 )
@@ -113,7 +114,10 @@ def _fill(row: RunRow, run_dir: Path, zips: list[Path]) -> None:
     backbones = config.get("backbones") or [config.get("backbone") or spec.get("backbone")]
     row.backbone = ",".join(str(b) for b in backbones if b) or None
     row.preset = config.get("preset")
-    row.image_size = config.get("image_size") or spec.get("image_size")
+    # The side it trained at (--auto-image-size may change the one asked for): the network's, or while it trains
+    # the probe's choice, else the config's.
+    trained = spec or _read_json(member_dirs[0] / MODEL_SPEC_FILE) or _read_json(run_dir / SIDE_FILE)
+    row.image_size = trained.get("image_size") or config.get("image_size")
     member_metrics = [_read_json(d / METRICS_FILE) for d in member_dirs if d != run_dir]
     row.members = len(member_dirs) if ensemble else (1 if spec else None)
     row.epochs = sum(_history_rows(d / HISTORY_FILE) for d in member_dirs) if member_dirs else None

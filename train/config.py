@@ -53,7 +53,7 @@ PRESETS: dict[str, dict] = {
     # From scratch on 2 CPU cores: the schedule is planned to end, packaging included, within 30 minutes.
     "cpu": dict(backbone="resnet-small", weights="none", image_size=72, epochs=70, augment="v3e",
                 batch_size=64, learning_rate=2e-3, balance=900, patience=0, polish_epochs=8, polish_augment="v1",
-                time_budget_minutes=30.0),
+                time_budget_minutes=30.0, auto_image_size=True),
     # The winners' recipe on a GPU: pretrained EfficientNetV2S at 224 px, hybrid augmentation, 3 members.
     "gpu": dict(backbone="efficientnetv2s", weights="imagenet", image_size=224, epochs=10,
                 fine_tune_epochs=20, fine_tune_layers=120, augment="hybrid", batch_size=64,
@@ -62,6 +62,8 @@ PRESETS: dict[str, dict] = {
 
 
 XLA_CHOICES = ("auto", "on", "off")
+# What --preprocessing offers the from-scratch backbones (submission.model.PREPROCESSING has the code).
+SCRATCH_PREPROCESSING = ("standardize", "fold")
 
 
 def option(default=MISSING, help: str = "", flag: str | None = None, path: bool = False):
@@ -91,6 +93,11 @@ class TrainConfig:
     fine_tune_epochs: int = option(10, "Stage-2 epochs (pretrained only)")
     fine_tune_layers: int = option(40, "Top backbone layers unfrozen in stage 2")
     image_size: int | None = option(None, "Resize inside the model to this size")
+    auto_image_size: bool = option(
+        False, "With --time-budget, from scratch: train at 56 px when a probe of the first steps says the budget fits "
+        "under a quarter of the main epochs at --image-size (on in --preset cpu unless --image-size is given)")
+    preprocessing: str | None = option(
+        None, "From scratch: how the network sees pixels: standardize | fold (solarize-proof); default: the backbone's")
     batch_size: int = option(64, "Batch size per replica")
     learning_rate: float = option(1e-3, "Peak learning rate (stage 1)")
     fine_tune_learning_rate: float = 1e-4
@@ -143,6 +150,8 @@ class TrainConfig:
         if self.fold is not None and not 0 <= self.fold < max(self.folds, 1):
             raise BcsubError(f"--fold {self.fold}: needs --folds K and a fold from 0 to K-1 "
                              f"(--folds is {self.folds})")
+        if self.preprocessing is not None:
+            self._check_preprocessing()
         if self.xla not in XLA_CHOICES:
             raise BcsubError(f"--xla {self.xla!r}: choose one of: {', '.join(XLA_CHOICES)}")
         for option, preset in (("--augment", self.augment), ("--polish-augment", self.polish_augment)):
@@ -158,6 +167,17 @@ class TrainConfig:
         if self.weights.lower() not in ("imagenet", "none"):
             self.weights = _resolved(self.weights)
 
+    def _check_preprocessing(self) -> None:
+        from submission.model import BACKBONES
+
+        if self.preprocessing not in SCRATCH_PREPROCESSING:
+            raise BcsubError(f"--preprocessing {self.preprocessing!r}: choose one of: "
+                             f"{', '.join(SCRATCH_PREPROCESSING)}")
+        fixed = [name for name in self.backbones if BACKBONES[name].application]
+        if fixed:
+            raise BcsubError(f"--preprocessing is for the from-scratch backbones; {', '.join(fixed)} keeps the "
+                             "preprocessing its keras.applications weights were trained with: leave it out")
+
     @classmethod
     def from_options(cls, preset: str | None = None, **options) -> TrainConfig:
         """Build from a preset's defaults overridden by the options that were given (not None)."""
@@ -166,7 +186,10 @@ class TrainConfig:
             if preset not in PRESETS:
                 raise BcsubError(f"unknown preset '{preset}'; choose one of: {', '.join(PRESETS)}")
             values.update(PRESETS[preset])
-        values.update({k: v for k, v in options.items() if v is not None})
+        given = {k: v for k, v in options.items() if v is not None}
+        if "image_size" in given:  # a side asked for is kept, unless --auto-image-size is asked for too
+            values["auto_image_size"] = False
+        values.update(given)
         return cls(preset=preset, **values)
 
     @property
@@ -188,7 +211,7 @@ class TrainConfig:
             "image_size": self.image_size or BACKBONES[name].input_size,
             "num_classes": NUM_CLASSES,
             "dropout": self.dropout,
-            "preprocessing": BACKBONES[name].preprocessing,
+            "preprocessing": self.preprocessing or BACKBONES[name].preprocessing,
         }
 
     def to_json(self) -> dict:

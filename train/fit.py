@@ -32,6 +32,15 @@ from train.runs import (
     is_complete_run,
     read_metrics,
 )
+from train.side import (
+    auto_side_applies,
+    choose_side,
+    probe_seconds_per_epoch,
+    read_side,
+    side_message,
+    smaller_input_hint,
+    write_side,
+)
 
 
 def fit_member(cfg: TrainConfig, train: Dataset, val: Dataset, out: Path, backbone: str | None = None,
@@ -68,12 +77,34 @@ class MemberFit:
         keras.utils.set_random_seed(self.seed)
         set_precision(cfg.mixed_precision)
         self.batch_size = cfg.batch_size * self.strategy.num_replicas_in_sync
-        self.spec = cfg.model_spec(self.backbone)
-        self.size = training_input_size(self.spec)
+        self.use_spec(cfg.model_spec(self.backbone))
+
+    def use_spec(self, spec: dict) -> None:
+        """Build the network of ``spec`` and the batches at its training side."""
+        self.spec, self.size, self._batches = spec, training_input_size(spec), {}
         self.val_ds = evaluation_dataset(self.val_data.images, self.val_data.labels, self.batch_size, self.size)
         with self.strategy.scope():
-            self.model = build_pretrained_network(self.spec, cfg.weights, cfg.l2, input_size=self.size,
+            self.model = build_pretrained_network(spec, self.cfg.weights, self.cfg.l2, input_size=self.size,
                                                   images=self.train_data.images[::max(1, len(self.train_data) // 4)])
+
+    def fit_side_to_budget(self, planner: BudgetPlanner, first: Stage) -> None:
+        """``--auto-image-size``: probe the first stage's speed at the spec's side and train at the smaller side
+        when the budget fits few of its epochs (``train/side.py``); a resumed run keeps its first choice."""
+        if not auto_side_applies(self.cfg, self.spec):
+            return
+        choice = read_side(self.out)
+        if choice is None and any(s.done for s in planner.stages):
+            return  # resumed from before the probe existed: keep the side it trained at
+        if choice is None:
+            train_ds, steps = self.train_batches(first.augment)
+            seconds = probe_seconds_per_epoch(
+                self.model, lambda: prepare_stage(self.model, first, self.cfg, self.strategy, steps), train_ds, steps)
+            choice = choose_side(planner, network_input_size(self.spec), seconds)
+            write_side(self.out, choice)
+            print(side_message(choice), flush=True)
+        keras.utils.set_random_seed(self.seed)
+        if choice["image_size"] != network_input_size(self.spec):
+            self.use_spec({**self.spec, "image_size": choice["image_size"]})
 
     def train_batches(self, augment: str) -> tuple[tf.data.Dataset, int]:
         """Augmented training batches for one preset (stages with the same preset share them)."""
@@ -101,6 +132,7 @@ class MemberFit:
             ships = 2 if cfg.snapshot_ensemble and any(s.name == "polish" for s in stages) else 1
             planner = BudgetPlanner.for_stages(self.budget_s, [(s.name, s.epochs) for s in stages],
                                                self.out / PLAN_FILE, package_members=ships)
+            self.fit_side_to_budget(planner, stages[0])
         class_weight = class_weight_for(self.train_data.labels) if cfg.class_weights else None
         wall_start = time.time()
         snapshots: dict[str, list] = {}
@@ -172,7 +204,6 @@ def set_precision(mixed_precision: bool | None) -> None:
         keras.mixed_precision.set_global_policy("mixed_float16")
 
 
-SMALL_INPUT_SIDE = 56  # the from-scratch side the few-epochs hint suggests (README, Benchmarks)
 XLA_MIN_STEPS = 500  # --xla auto: compiling costs seconds per stage (5 s for the tiny test network), so short
 # stages (tests, quick looks) stay plain; the CPU preset's main stage has 7,840 steps
 
@@ -216,6 +247,16 @@ def class_weight_for(labels: np.ndarray) -> dict[int, float]:
     return {int(c): float(w) for c, w in zip(classes, weights)}
 
 
+def prepare_stage(model, stage: Stage, cfg: TrainConfig, strategy, steps: int) -> PlannedCosineDecay:
+    """The stage's trainable layers and head L2, then its compiled optimizer; returns its schedule."""
+    set_backbone_trainable(model, stage.trainable_top)
+    set_head_l2(model, stage.l2)
+    jit_compile = xla_for(cfg.xla, distributed=cfg.multi_worker or strategy.num_replicas_in_sync > 1,
+                          steps=stage.epochs * steps)
+    with strategy.scope():
+        return compile_for(model, stage, cfg, steps, jit_compile)
+
+
 def run_stage(model, stage: Stage, cfg: TrainConfig, strategy, train_ds, steps: int, val_ds, out: Path,
               class_weight: dict | None, planner: BudgetPlanner | None = None,
               samples=None, few_epochs_hint: str | None = None) -> None:
@@ -227,12 +268,7 @@ def run_stage(model, stage: Stage, cfg: TrainConfig, strategy, train_ds, steps: 
     if done.exists() and best.exists():
         model.load_weights(str(best))
         return
-    set_backbone_trainable(model, stage.trainable_top)
-    set_head_l2(model, stage.l2)
-    jit_compile = xla_for(cfg.xla, distributed=cfg.multi_worker or strategy.num_replicas_in_sync > 1,
-                          steps=stage.epochs * steps)
-    with strategy.scope():
-        schedule = compile_for(model, stage, cfg, steps, jit_compile)
+    schedule = prepare_stage(model, stage, cfg, strategy, steps)
     callbacks = [
         AtomicBackupAndRestore(str(out / ".backup" / stage.name)),  # first: raw weights + EMA state
         *([ChiefRestore(strategy, read_tf_config().is_chief)] if cfg.multi_worker else []),
@@ -254,18 +290,6 @@ def run_stage(model, stage: Stage, cfg: TrainConfig, strategy, train_ds, steps: 
               callbacks=callbacks, class_weight=class_weight, shuffle=False, verbose=1 if sys.stdout.isatty() else 2)
     model.load_weights(str(best))
     done.touch()
-
-
-def smaller_input_hint(cfg: TrainConfig, spec: dict) -> str | None:
-    """What to try when the time budget fits few epochs: a from-scratch network whose backbone sees more than
-    ``SMALL_INPUT_SIDE`` px (``spec``) trains more epochs in the same time at that side (None otherwise: a
-    pretrained backbone keeps the side its weights were trained at)."""
-    side = network_input_size(spec)
-    if cfg.pretrained or side <= SMALL_INPUT_SIDE:
-        return None
-    return (f"from scratch, --image-size {SMALL_INPUT_SIDE} trains about {(side / SMALL_INPUT_SIDE) ** 2:.1f}x "
-            "the epochs in the same time (on a 2-core machine that fitted 8 of 70 epochs at 72 px: 16 at 56 px, "
-            "validation accuracy 0.967 -> 0.979, expected hidden 0.683 -> 0.717; README, Benchmarks)")
 
 
 def training_input_size(spec: dict) -> int | None:

@@ -213,6 +213,16 @@ class BudgetPlanner:
         stage = self.stage(name)
         return stage is self.stages[0] and stage.planned < FEW_EPOCHS_SHARE * stage.max_epochs
 
+    def first_stage_at(self, seconds_per_epoch: float) -> tuple[bool, int]:
+        """Whether the first stage would get fewer than ``FEW_EPOCHS_SHARE`` of its epochs at this speed, and
+        how many, from the time left now (a scratch plan: this one is not changed)."""
+        first = self.stages[0]
+        scratch = BudgetPlanner.for_stages(self.left_s(), [(s.name, s.max_epochs) for s in self.stages],
+                                           clock=self.clock, package_members=self.package_members)
+        scratch.reserve_s = self.reserve_s
+        scratch.observe(first.name, seconds_per_epoch, "probe")
+        return scratch.few_epochs(first.name), scratch.stage(first.name).planned
+
     def epoch_done(self, name: str, epochs: int) -> None:
         """Stage ``name`` has finished ``epochs`` epochs (Keras' own count, right after a resume too)."""
         self.stage(name).done = epochs
@@ -293,6 +303,23 @@ class PlannedCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
     def get_config(self) -> dict:
         return {"peak": self.peak, "total_steps": float(self.total_steps.numpy()),
                 "warmup_steps": self.warmup_steps, "alpha": self.alpha}
+
+
+class StepTimer(keras.callbacks.Callback):
+    """Times a training step over batches ``TIMED_BATCHES`` of a ``fit`` (after the warm-up and tracing)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        super().__init__()
+        self.clock = clock
+        self.step_s: float | None = None
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if batch == TIMED_BATCHES[0]:
+            self.start = self.clock()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == TIMED_BATCHES[1] - 1:
+            self.step_s = (self.clock() - self.start) / (TIMED_BATCHES[1] - TIMED_BATCHES[0])
 
 
 class FollowPlan(keras.callbacks.Callback):

@@ -30,6 +30,7 @@ ENSEMBLE_FILE = "ensemble.json"
 VAL_PREDICTIONS_FILE = "val_predictions.npz"
 OOF_PREDICTIONS_FILE = "oof_predictions.npz"
 CLEANING_FILE = "cleaning.json"
+SIDE_FILE = "side.json"  # --auto-image-size: the probe and the side it chose (train/side.py)
 TENSORBOARD_DIR = "tb"
 EQUIVALENCE_FILE = "equivalence.npz"
 # Validation images whose training-graph probabilities a run keeps (with the images) for `bcsub package`.

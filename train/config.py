@@ -95,7 +95,7 @@ class TrainConfig:
     image_size: int | None = option(None, "Resize inside the model to this size")
     auto_image_size: bool = option(
         False, "With --time-budget, from scratch: train at 56 px when a probe of the first steps says the budget fits "
-        "under a quarter of the main epochs at --image-size (on in --preset cpu unless --image-size is given)")
+        "under 60% of the main epochs at --image-size (on in --preset cpu unless --image-size is given)")
     preprocessing: str | None = option(
         None, "From scratch: how the network sees pixels: standardize | fold (solarize-proof); default: the backbone's")
     batch_size: int = option(64, "Batch size per replica")

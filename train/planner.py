@@ -43,10 +43,11 @@ MIN_RESERVE_S = FINISH_FIXED_S  # kept before a validation pass has been timed
 # images instead (``tta_selection_share``; `bcsub package` reads it from plan.json); the time goes to training.
 MAX_PACKAGE_SHARE = 0.2
 MIN_SELECTION_SHARE = 0.25
-# A first stage planned to fewer than this share of its epochs gets the smaller-input hint (``FollowPlan``): on the
-# 2-core machine where `--preset cpu` fitted 8 of 70 main epochs at 72 px, 56 px fitted 16 and scored higher on
-# validation (README, Benchmarks); on the machine that fitted 33 at 72 px, the preset's side stays the default.
-FEW_EPOCHS_SHARE = 0.25
+# A first stage planned to fewer than this share of its epochs trains from scratch at the smaller side
+# (``--auto-image-size``) or gets the hint to (``FollowPlan``). Measured with `--preset cpu` (README, Benchmarks): where
+# 30 minutes fitted 8-13 of the 70 main epochs at 72 px, 56 px (16) scored 0.979 vs 0.967 clean and 0.717 vs 0.683
+# expected hidden on validation; where they fitted 33-38, 56 px (56) scored 0.988 vs 0.989 and 0.805 vs 0.792.
+FEW_EPOCHS_SHARE = 0.6
 
 
 def allocate_epochs(available_s: float, max_epochs: list[int], seconds_per_epoch: list[float],

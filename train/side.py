@@ -1,8 +1,9 @@
 """The input side that fits the time budget (``--auto-image-size``, on in ``--preset cpu``).
 
-On a machine where the budget fits only a few of the main stage's epochs at the recipe's side, a from-scratch
+On a machine where the budget fits only part of the main stage's epochs at the recipe's side, a from-scratch
 network trains more epochs at ``SMALL_INPUT_SIDE`` px and scores higher (README, Benchmarks: a 2-core machine
-that fitted 8 of 70 epochs at 72 px fitted 16 at 56 px, validation 0.967 -> 0.979). Before the first epoch a
+that fitted 8 of 70 epochs at 72 px fitted 16 at 56 px, validation 0.967 -> 0.979; one that fitted 33 fitted 56,
+expected hidden 0.792 -> 0.805 at the same clean accuracy). Before the first epoch a
 short probe times the real training step at the recipe's side; when the plan would give the main stage fewer
 than ``FEW_EPOCHS_SHARE`` of its epochs, the network is rebuilt at the smaller side (the weights of these
 networks do not depend on the side, so nothing else changes). The choice is saved in ``side.json`` in the run
@@ -83,5 +84,5 @@ def smaller_input_hint(cfg: TrainConfig, spec: dict) -> str | None:
         return None
     side = network_input_size(spec)
     return (f"from scratch, --image-size {SMALL_INPUT_SIDE} trains about {(side / SMALL_INPUT_SIDE) ** 2:.1f}x "
-            "the epochs in the same time (on a 2-core machine that fitted 8 of 70 epochs at 72 px: 16 at 56 px, "
-            "validation accuracy 0.967 -> 0.979, expected hidden 0.683 -> 0.717; README, Benchmarks)")
+            "the epochs in the same time (2-core machines that fitted 8 and 33 of 70 epochs at 72 px fitted 16 and "
+            "56 at 56 px: expected hidden on validation 0.683 -> 0.717 and 0.792 -> 0.805; README, Benchmarks)")

@@ -55,10 +55,11 @@ def test_every_backbone_has_the_same_weight_layout_and_preprocessing_in_keras_3_
     for python in (sys.executable, str(compat_python())):
         proc = subprocess.run([python, str(tmp_path / "shapes.py"), str(tmp_path)], capture_output=True, text=True,
                               cwd=tmp_path, timeout=900)
-        lines = {x[:4]: x for x in proc.stdout.splitlines() if x.startswith(("SHAPES", "PREP"))}
-        assert {"SHAP", "PREP"} <= set(lines), proc.stderr[-2000:]
-        layouts.append(json.loads(lines["SHAP"][len("SHAPES"):]))
-        pixels.append(json.loads(lines["PREP"][len("PREP"):]))
+        found = {tag: json.loads(line[len(tag):]) for line in proc.stdout.splitlines()
+                 for tag in ("SHAPES", "PREP") if line.startswith(tag)}
+        assert {"SHAPES", "PREP"} <= set(found), proc.stderr[-2000:]
+        layouts.append(found["SHAPES"])
+        pixels.append(found["PREP"])
     assert layouts[0] == layouts[1]
     assert set(pixels[0]) == set(pixels[1]) == {k for k, make in runtime.PREPROCESSING.items() if make}
     for name, ours in pixels[0].items():

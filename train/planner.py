@@ -307,37 +307,17 @@ class PlannedCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
 
 
 class StepTimer(keras.callbacks.Callback):
-    """Times a training step over batches ``TIMED_BATCHES`` of a ``fit`` (after the warm-up and tracing)."""
+    """Times a training step over batches ``TIMED_BATCHES`` of each epoch (after the warm-up and tracing):
+    ``step_s``, None until they have run."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic):
         super().__init__()
         self.clock = clock
-        self.step_s: float | None = None
-
-    def on_train_batch_begin(self, batch, logs=None):
-        if batch == TIMED_BATCHES[0]:
-            self.start = self.clock()
-
-    def on_train_batch_end(self, batch, logs=None):
-        if batch == TIMED_BATCHES[1] - 1:
-            self.step_s = (self.clock() - self.start) / (TIMED_BATCHES[1] - TIMED_BATCHES[0])
-
-
-class FollowPlan(keras.callbacks.Callback):
-    """Runs one stage by the plan: times the first steps (augmentation included) and every epoch, feeds
-    the planner, keeps the schedule's length equal to the planned epochs, and stops at the plan's end."""
-
-    def __init__(self, planner: BudgetPlanner, stage: str, steps: int, schedule: PlannedCosineDecay,
-                 log: Callable[[str], None] = print, few_epochs_hint: str | None = None):
-        super().__init__()
-        self.planner, self.stage_name, self.steps, self.schedule, self.log = planner, stage, steps, schedule, log
-        self.few_epochs_hint = few_epochs_hint  # logged once when the first stage gets few of its epochs
-        self.clock = planner.clock
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch_start = self.clock()
         self.batch_start: float | None = None
         self.step_s: float | None = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.batch_start, self.step_s = None, None
 
     def on_train_batch_begin(self, batch, logs=None):
         if batch == TIMED_BATCHES[0]:
@@ -346,8 +326,27 @@ class FollowPlan(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if batch == TIMED_BATCHES[1] - 1 and self.batch_start is not None:
             self.step_s = (self.clock() - self.batch_start) / (TIMED_BATCHES[1] - TIMED_BATCHES[0])
-            if self.planner.stage(self.stage_name).seconds_per_epoch is None:
-                self._observe(self.step_s * self.steps, "first steps")
+
+
+class FollowPlan(StepTimer):
+    """Runs one stage by the plan: times the first steps (augmentation included) and every epoch, feeds
+    the planner, keeps the schedule's length equal to the planned epochs, and stops at the plan's end."""
+
+    def __init__(self, planner: BudgetPlanner, stage: str, steps: int, schedule: PlannedCosineDecay,
+                 log: Callable[[str], None] = print, few_epochs_hint: str | None = None):
+        super().__init__(planner.clock)
+        self.planner, self.stage_name, self.steps, self.schedule, self.log = planner, stage, steps, schedule, log
+        self.few_epochs_hint = few_epochs_hint  # logged once when the first stage gets few of its epochs
+
+    def on_epoch_begin(self, epoch, logs=None):
+        super().on_epoch_begin(epoch, logs)
+        self.epoch_start = self.clock()
+
+    def on_train_batch_end(self, batch, logs=None):
+        super().on_train_batch_end(batch, logs)
+        if (batch == TIMED_BATCHES[1] - 1 and self.step_s is not None
+                and self.planner.stage(self.stage_name).seconds_per_epoch is None):
+            self._observe(self.step_s * self.steps, "first steps")
 
     def epoch_seconds(self) -> float:
         """This epoch's time as a steady epoch would take it: the first batches (graph tracing in a stage's

@@ -1,5 +1,6 @@
 """Benchmark: training steps per second with each augmentation preset vs none (issue: training), with the
-training step XLA-compiled (what `bcsub train --xla auto` does on a CPU) and without.
+training step XLA-compiled and plain (`bcsub train --xla auto` times both on a CPU and keeps the faster: which
+wins depends on the machine).
 
 Writes bench/results/pipeline_{cpu,gpu}.json. Goal: hybrid >= 0.9 x none (on GPU; the CPU figure is reported
 too). BENCH_PRESETS=none,v3e limits the presets, BENCH_STEPS the steps timed.
@@ -50,10 +51,12 @@ def steps_per_second(images, labels, preset: str, xla: bool) -> float:
     model = build_network(SPEC, input_size=TRAIN_SIZE)
     model.compile(optimizer="adam", loss="categorical_crossentropy", jit_compile=xla)
     ds, _ = training_dataset(images, labels, BATCH, preset, balance=0, seed=0, size=TRAIN_SIZE)
-    model.fit(ds, steps_per_epoch=5, epochs=1, verbose=0)  # warm-up: tracing (and XLA compilation)
-    start = time.perf_counter()
-    model.fit(ds, steps_per_epoch=STEPS, epochs=1, verbose=0)
-    return STEPS / (time.perf_counter() - start)
+    ends = []
+    timer = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: ends.append(time.perf_counter()))
+    model.fit(ds, steps_per_epoch=5 + STEPS, epochs=1, verbose=0, shuffle=False, callbacks=[timer])  # 5 warm-up
+    # Between batch ends inside one fit: the start and end of `fit` itself (the input iterator made and torn down)
+    # took up to 9 s on one machine and halved the rate of 40 steps in some runs, not in others.
+    return STEPS / (ends[-1] - ends[4])
 
 
 def augment_only(images, labels, preset: str) -> float:

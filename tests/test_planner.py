@@ -378,12 +378,17 @@ def test_a_run_whose_budget_fits_few_epochs_trains_and_ships_the_smaller_side(tm
     assert side["probed_side"] == 64 and side["image_size"] == 56
     assert json.loads((out / "model.json").read_text())["image_size"] == 56
     assert "training at 56 px instead" in proc.stdout
+    xla = json.loads((out / "xla.json").read_text())  # a stage this long on the CPU probes --xla auto first
+    assert "xla: at 64 px an epoch takes" in proc.stdout
+    assert side["seconds_per_epoch"] == pytest.approx(min(xla["seconds_per_epoch"].values()), abs=0.05)  # reused
     rows = json.loads(run_cli("runs", str(tmp_path), "--json").stdout)
     assert [row["image_size"] for row in rows if Path(row["run"]).name == "run"] == [56]  # not the side asked for
 
     kept = tmp_path / "kept"
     kept.mkdir()
     (kept / "side.json").write_text(json.dumps({**side, "image_size": 64}))
+    (kept / "xla.json").write_text(json.dumps(xla))
     proc = run_cli(*args, "--out", str(kept))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert json.loads((kept / "model.json").read_text())["image_size"] == 64 and "image size:" not in proc.stdout
+    assert "xla:" not in proc.stdout

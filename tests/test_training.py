@@ -119,7 +119,7 @@ def test_ema_checkpoint_holds_the_weights_that_were_validated(tmp_path):
 def test_xla_choice_follows_the_devices_and_the_option():
     """--xla auto: XLA on a CPU-only machine without a strategy (this machine) for a stage long enough to pay
     for compiling, Keras' own choice otherwise; on/off force it; anything else is refused with the choices."""
-    from train.fit import XLA_MIN_STEPS, xla_for
+    from train.xla import XLA_MIN_STEPS, xla_for
 
     assert xla_for("auto", distributed=False, steps=70 * 112) is True  # the CPU preset's main stage; no GPU here
     assert xla_for("auto", distributed=False, steps=XLA_MIN_STEPS - 1) == "auto"  # too short to pay its compile
@@ -177,6 +177,53 @@ def test_xla_compiled_training_learns_what_the_plain_step_learns(tmp_path):
         outputs[xla] = model.predict(images[:32].astype(np.float32), verbose=0)
     np.testing.assert_allclose(losses["on"], losses["off"], rtol=1e-3)
     np.testing.assert_allclose(outputs["on"], outputs["off"], atol=1e-3)
+
+
+def test_the_xla_probe_keeps_the_faster_step_and_is_only_for_long_cpu_stages():
+    """The CPU preset's epoch at 72 px, measured: 43 s XLA-compiled vs 32 s plain on a 2-core Intel Xeon, 106 s vs
+    140 s on a 2-core AMD EPYC (README, Benchmarks): each machine keeps its faster step. --xla on/off, short
+    stages and distributed ones are not probed."""
+    from train.xla import XLA_MIN_STEPS, choose_xla, fastest_epoch_s, xla_message, xla_probe_applies
+
+    xeon = choose_xla(72, {True: 43.0, False: 32.0}.__getitem__)
+    assert xeon["xla"] is False and fastest_epoch_s(xeon) == 32.0
+    assert "43 s XLA-compiled and 32 s plain" in xla_message(xeon) and "with the plain step" in xla_message(xeon)
+    epyc = choose_xla(72, {True: 106.0, False: 140.0}.__getitem__)
+    assert epyc["xla"] is True and fastest_epoch_s(epyc) == 106.0 and "XLA-compiled step" in xla_message(epyc)
+    assert xla_probe_applies("auto", distributed=False, steps=70 * 112)
+    assert not xla_probe_applies("auto", distributed=False, steps=XLA_MIN_STEPS - 1)
+    assert not xla_probe_applies("auto", distributed=True, steps=70 * 112)
+    assert not any(xla_probe_applies(choice, distributed=False, steps=70 * 112) for choice in ("on", "off"))
+
+
+def test_the_probed_xla_choice_is_the_step_every_stage_trains_with(tmp_path):
+    """The real probe on the tiny network: both steps timed, the record written, the member's --xla set to the
+    faster, and the stage compiled that way; a run dir that already holds a choice keeps it without probing."""
+    import tensorflow as tf
+
+    from train.data import Dataset
+    from train.fit import MemberFit, Stage, prepare_stage
+    from train.xla import XLA_FILE
+
+    rng = np.random.default_rng(0)
+    labels = np.arange(64) % 8
+    data = Dataset(rng.integers(0, 255, (64, 96, 96, 3), dtype=np.uint8), labels, "synthetic")
+    stage = Stage("full", 200, 0.01, None, 0.0, "none")  # 200 epochs x 4 steps: long enough to consider XLA
+    for written in (None, {"probed_side": 32, "seconds_per_epoch": {"xla": 1.0, "plain": 2.0}, "xla": True}):
+        out = tmp_path / ("probed" if written is None else "kept")
+        out.mkdir()
+        if written:
+            (out / XLA_FILE).write_text(json.dumps(written))
+        cfg = TrainConfig(data="d", out=str(out), backbone="tinycnn", weights="none", image_size=32, batch_size=16)
+        member = MemberFit(cfg, data, data, out, "tinycnn", seed=0)
+        member.setup()
+        choice = member.fit_xla_to_machine(stage)
+        assert choice == json.loads((out / XLA_FILE).read_text())
+        assert all(seconds > 0 for seconds in choice["seconds_per_epoch"].values()) and choice["probed_side"] == 32
+        assert written is None or choice == written
+        assert member.cfg.xla == ("on" if choice["xla"] else "off")
+        prepare_stage(member.model, stage, member.cfg, tf.distribute.get_strategy(), steps=4)
+        assert xla_compiled(member.model.train_function) is choice["xla"]
 
 
 def test_balanced_epoch_indices():

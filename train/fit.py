@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import keras
@@ -23,7 +23,7 @@ from train.data import Dataset
 from train.keras_internals import AtomicBackupAndRestore, ChiefRestore, fix_multi_worker_fit
 from train.multiworker import make_multi_worker_strategy, read_tf_config
 from train.pipeline import distributed_training_dataset, evaluation_dataset, prior_logit_offsets, training_dataset
-from train.planner import PLAN_FILE, BudgetPlanner, FollowPlan, PlannedCosineDecay
+from train.planner import PLAN_FILE, BudgetPlanner, FollowPlan, PlannedCosineDecay, probe_seconds_per_epoch
 from train.runs import (
     HISTORY_FILE,
     TENSORBOARD_DIR,
@@ -35,12 +35,12 @@ from train.runs import (
 from train.side import (
     auto_side_applies,
     choose_side,
-    probe_seconds_per_epoch,
     read_side,
     side_message,
     smaller_input_hint,
     write_side,
 )
+from train.xla import choose_xla, fastest_epoch_s, read_xla, write_xla, xla_for, xla_message, xla_probe_applies
 
 
 def fit_member(cfg: TrainConfig, train: Dataset, val: Dataset, out: Path, backbone: str | None = None,
@@ -87,19 +87,46 @@ class MemberFit:
             self.model = build_pretrained_network(spec, self.cfg.weights, self.cfg.l2, input_size=self.size,
                                                   images=self.train_data.images[::max(1, len(self.train_data) // 4)])
 
-    def fit_side_to_budget(self, planner: BudgetPlanner, first: Stage) -> None:
-        """``--auto-image-size``: probe the first stage's speed at the spec's side and train at the smaller side
-        when the budget fits few of its epochs (``train/side.py``); a resumed run keeps its first choice."""
+    @property
+    def distributed(self) -> bool:
+        return self.cfg.multi_worker or self.strategy.num_replicas_in_sync > 1
+
+    def probe_epoch_s(self, stage: Stage, xla: str) -> float:
+        """An epoch of ``stage`` at the current side with ``--xla xla`` (weights left as they were)."""
+        train_ds, steps = self.train_batches(stage.augment)
+        cfg = replace(self.cfg, xla=xla)
+        return probe_seconds_per_epoch(
+            self.model, lambda: prepare_stage(self.model, stage, cfg, self.strategy, steps), train_ds, steps)
+
+    def fit_xla_to_machine(self, first: Stage) -> dict | None:
+        """``--xla auto`` where it would compile a CPU stage: time the first stage's step XLA-compiled and plain,
+        and train every stage with the faster (``train/xla.py``); a resumed run keeps its first choice."""
+        steps = self.train_batches(first.augment)[1]
+        if not xla_probe_applies(self.cfg.xla, self.distributed, first.epochs * steps):
+            return None
+        choice = read_xla(self.out)
+        if choice is None:
+            choice = choose_xla(network_input_size(self.spec),
+                                lambda xla: self.probe_epoch_s(first, "on" if xla else "off"))
+            write_xla(self.out, choice)
+            print(xla_message(choice), flush=True)
+        self.cfg = replace(self.cfg, xla="on" if choice["xla"] else "off")
+        return choice
+
+    def fit_side_to_budget(self, planner: BudgetPlanner, first: Stage, xla_choice: dict | None) -> None:
+        """``--auto-image-size``: probe the first stage's speed at the spec's side (or take the XLA probe's) and
+        train at the smaller side when the budget fits few of its epochs (``train/side.py``); a resumed run keeps
+        its first choice."""
         if not auto_side_applies(self.cfg, self.spec):
             return
         choice = read_side(self.out)
         if choice is None and any(s.done for s in planner.stages):
             return  # resumed from before the probe existed: keep the side it trained at
         if choice is None:
-            train_ds, steps = self.train_batches(first.augment)
-            seconds = probe_seconds_per_epoch(
-                self.model, lambda: prepare_stage(self.model, first, self.cfg, self.strategy, steps), train_ds, steps)
-            choice = choose_side(planner, network_input_size(self.spec), seconds)
+            side = network_input_size(self.spec)
+            seconds = fastest_epoch_s(xla_choice) if xla_choice and xla_choice["probed_side"] == side \
+                else self.probe_epoch_s(first, self.cfg.xla)
+            choice = choose_side(planner, side, seconds)
             write_side(self.out, choice)
             print(side_message(choice), flush=True)
         keras.utils.set_random_seed(self.seed)
@@ -125,14 +152,16 @@ class MemberFit:
 
     def train(self) -> tuple[dict[str, list], float]:
         """Run every stage; returns the snapshots to ship (empty: the final weights alone) and the seconds."""
-        cfg = self.cfg
-        stages = plan_stages(cfg)
+        stages = plan_stages(self.cfg)
         planner = None
-        if self.budget_s:
-            ships = 2 if cfg.snapshot_ensemble and any(s.name == "polish" for s in stages) else 1
+        if self.budget_s:  # first: the probes count in the budget
+            ships = 2 if self.cfg.snapshot_ensemble and any(s.name == "polish" for s in stages) else 1
             planner = BudgetPlanner.for_stages(self.budget_s, [(s.name, s.epochs) for s in stages],
                                                self.out / PLAN_FILE, package_members=ships)
-            self.fit_side_to_budget(planner, stages[0])
+        xla_choice = self.fit_xla_to_machine(stages[0])
+        if planner is not None:
+            self.fit_side_to_budget(planner, stages[0], xla_choice)
+        cfg = self.cfg  # with the probed --xla
         class_weight = class_weight_for(self.train_data.labels) if cfg.class_weights else None
         wall_start = time.time()
         snapshots: dict[str, list] = {}
@@ -202,21 +231,6 @@ def set_precision(mixed_precision: bool | None) -> None:
     """mixed_float16 when asked for, or by default when there is a GPU."""
     if mixed_precision if mixed_precision is not None else bool(tf.config.list_physical_devices("GPU")):
         keras.mixed_precision.set_global_policy("mixed_float16")
-
-
-XLA_MIN_STEPS = 500  # --xla auto: compiling costs seconds per stage (5 s for the tiny test network), so short
-# stages (tests, quick looks) stay plain; the CPU preset's main stage has 7,840 steps
-
-
-def xla_for(choice: str, distributed: bool, steps: int) -> bool | str:
-    """``jit_compile`` for ``model.compile``: ``--xla auto`` turns XLA on for CPU-only training without a
-    distribution strategy in a stage of at least ``XLA_MIN_STEPS`` steps, where Keras' own "auto" leaves it off
-    but the training step runs 1.2-1.4x as fast (bench/bench_pipeline.py); elsewhere Keras decides (on for one
-    GPU, off under tf.distribute)."""
-    if choice != "auto":
-        return choice == "on"
-    cpu_only = not tf.config.list_physical_devices("GPU")
-    return True if cpu_only and not distributed and steps >= XLA_MIN_STEPS else "auto"
 
 
 def compile_for(model: keras.Model, stage: Stage, cfg: TrainConfig, steps: int,

@@ -328,6 +328,17 @@ class StepTimer(keras.callbacks.Callback):
             self.step_s = (self.clock() - self.batch_start) / (TIMED_BATCHES[1] - TIMED_BATCHES[0])
 
 
+def probe_seconds_per_epoch(model: keras.Model, compile_stage: Callable[[], object], train_ds, steps: int) -> float:
+    """An epoch's time at the real training step (augmentation, XLA choice and all), from ``TIMED_BATCHES``
+    steps after compiling the stage with ``compile_stage()``; the network's weights are left as they were."""
+    weights = model.get_weights()
+    compile_stage()
+    timer = StepTimer()
+    model.fit(train_ds, steps_per_epoch=TIMED_BATCHES[1], epochs=1, verbose=0, shuffle=False, callbacks=[timer])
+    model.set_weights(weights)
+    return float(timer.step_s) * steps
+
+
 class FollowPlan(StepTimer):
     """Runs one stage by the plan: times the first steps (augmentation included) and every epoch, feeds
     the planner, keeps the schedule's length equal to the planned epochs, and stops at the plan's end."""

@@ -13,15 +13,12 @@ dir, so a resumed run keeps it.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
-
-import keras
 
 from submission.model import network_input_size
 from train.atomic import write_json
 from train.config import TrainConfig
-from train.planner import FEW_EPOCHS_SHARE, TIMED_BATCHES, BudgetPlanner, StepTimer
+from train.planner import FEW_EPOCHS_SHARE, BudgetPlanner
 from train.runs import SIDE_FILE
 
 SMALL_INPUT_SIDE = 56  # the from-scratch side for slow machines (README, Benchmarks)
@@ -36,17 +33,6 @@ def can_shrink(cfg: TrainConfig, spec: dict) -> bool:
 def auto_side_applies(cfg: TrainConfig, spec: dict) -> bool:
     """``--auto-image-size`` with a time budget, on one machine (a probe per worker could disagree)."""
     return cfg.auto_image_size and bool(cfg.time_budget_minutes) and not cfg.multi_worker and can_shrink(cfg, spec)
-
-
-def probe_seconds_per_epoch(model: keras.Model, compile_stage: Callable[[], object], train_ds, steps: int) -> float:
-    """An epoch's time at the real training step (augmentation, XLA choice and all), from ``TIMED_BATCHES``
-    steps after compiling the stage with ``compile_stage()``; the network's weights are left as they were."""
-    weights = model.get_weights()
-    compile_stage()
-    timer = StepTimer()
-    model.fit(train_ds, steps_per_epoch=TIMED_BATCHES[1], epochs=1, verbose=0, shuffle=False, callbacks=[timer])
-    model.set_weights(weights)
-    return float(timer.step_s) * steps
 
 
 def choose_side(planner: BudgetPlanner, side: int, seconds_per_epoch: float) -> dict:

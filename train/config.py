@@ -95,7 +95,7 @@ class TrainConfig:
     image_size: int | None = option(None, "Resize inside the model to this size")
     auto_image_size: bool = option(
         False, "With --time-budget, from scratch: train at 56 px when a probe of the first steps says the budget fits "
-        "under 60% of the main epochs at --image-size (on in --preset cpu unless --image-size is given)")
+        "under 75% of the main epochs at --image-size (on in --preset cpu unless --image-size is given)")
     preprocessing: str | None = option(
         None, "From scratch: how the network sees pixels: standardize | fold (solarize-proof); default: the backbone's")
     batch_size: int = option(64, "Batch size per replica")
@@ -131,8 +131,9 @@ class TrainConfig:
         flag="--time-budget")
     clean: bool = option(False, "Remove outliers and duplicates first (see inspect)")
     multi_worker: bool = option(False, "MultiWorkerMirroredStrategy from TF_CONFIG")
-    xla: str = option("auto", "auto | on | off: XLA-compile the training step (auto: on for stages of 500+ steps on "
-                      "the CPU without a distribution strategy, 1.2-1.4x the steps/s there; else Keras' choice)")
+    xla: str = option("auto", "auto | on | off: XLA-compile the training step (auto: for stages of 500+ steps on the "
+                      "CPU without a distribution strategy, times both steps first and keeps the faster; else Keras' "
+                      "choice)")
     mixed_precision: bool | None = None  # None: on when there is a GPU
 
     def __post_init__(self) -> None:

@@ -98,6 +98,13 @@ class MemberFit:
         return probe_seconds_per_epoch(
             self.model, lambda: prepare_stage(self.model, stage, cfg, self.strategy, steps), train_ds, steps)
 
+    def time_validation_pass(self) -> float:
+        """Seconds of one pass over the validation batches (the second: the first traces)."""
+        self.model.evaluate(self.val_ds, verbose=0)
+        start = time.perf_counter()
+        self.model.evaluate(self.val_ds, verbose=0)
+        return time.perf_counter() - start
+
     def fit_xla_to_machine(self, first: Stage) -> dict | None:
         """``--xla auto`` where it would compile a CPU stage: time the first stage's step XLA-compiled and plain,
         and train every stage with the faster (``train/xla.py``); a resumed run keeps its first choice."""
@@ -126,7 +133,7 @@ class MemberFit:
             side = network_input_size(self.spec)
             seconds = fastest_epoch_s(xla_choice) if xla_choice and xla_choice["probed_side"] == side \
                 else self.probe_epoch_s(first, self.cfg.xla)
-            choice = choose_side(planner, side, seconds)
+            choice = choose_side(planner, side, seconds, self.time_validation_pass())
             write_side(self.out, choice)
             print(side_message(choice), flush=True)
         keras.utils.set_random_seed(self.seed)

@@ -51,6 +51,12 @@ def write_json(path: str | Path, obj: Any) -> Path:
     return write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
 
 
+def read_json(path: str | Path) -> Any | None:
+    """What ``write_json`` wrote at ``path``; None when there is no file."""
+    path = Path(path)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def _json_default(obj: Any) -> Any:
     if hasattr(obj, "tolist"):
         return obj.tolist()

@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from submission.model import IMAGE_SHAPE, network_input_size
+from train.atomic import read_json, write_json
 from train.backbones import build_pretrained_network, set_backbone_trainable, set_head_l2
 from train.callbacks import AgreeToStop, LearningRateLog, PersistentCheckpoint, tensorboard_callbacks
 from train.config import TrainConfig
@@ -26,6 +27,7 @@ from train.pipeline import distributed_training_dataset, evaluation_dataset, pri
 from train.planner import PLAN_FILE, BudgetPlanner, FollowPlan, PlannedCosineDecay, probe_seconds_per_epoch
 from train.runs import (
     HISTORY_FILE,
+    SIDE_FILE,
     TENSORBOARD_DIR,
     finish_run,
     finish_snapshot_run,
@@ -35,12 +37,10 @@ from train.runs import (
 from train.side import (
     auto_side_applies,
     choose_side,
-    read_side,
     side_message,
     smaller_input_hint,
-    write_side,
 )
-from train.xla import choose_xla, fastest_epoch_s, read_xla, write_xla, xla_for, xla_message, xla_probe_applies
+from train.xla import XLA_FILE, choose_xla, fastest_epoch_s, xla_for, xla_message, xla_probe_applies
 
 
 def fit_member(cfg: TrainConfig, train: Dataset, val: Dataset, out: Path, backbone: str | None = None,
@@ -87,10 +87,6 @@ class MemberFit:
             self.model = build_pretrained_network(spec, self.cfg.weights, self.cfg.l2, input_size=self.size,
                                                   images=self.train_data.images[::max(1, len(self.train_data) // 4)])
 
-    @property
-    def distributed(self) -> bool:
-        return self.cfg.multi_worker or self.strategy.num_replicas_in_sync > 1
-
     def probe_epoch_s(self, stage: Stage, xla: str) -> float:
         """An epoch of ``stage`` at the current side with ``--xla xla`` (weights left as they were)."""
         train_ds, steps = self.train_batches(stage.augment)
@@ -109,13 +105,13 @@ class MemberFit:
         """``--xla auto`` where it would compile a CPU stage: time the first stage's step XLA-compiled and plain,
         and train every stage with the faster (``train/xla.py``); a resumed run keeps its first choice."""
         steps = self.train_batches(first.augment)[1]
-        if not xla_probe_applies(self.cfg.xla, self.distributed, first.epochs * steps):
+        if not xla_probe_applies(self.cfg.xla, is_distributed(self.cfg, self.strategy), first.epochs * steps):
             return None
-        choice = read_xla(self.out)
+        choice = read_json(self.out / XLA_FILE)
         if choice is None:
             choice = choose_xla(network_input_size(self.spec),
                                 lambda xla: self.probe_epoch_s(first, "on" if xla else "off"))
-            write_xla(self.out, choice)
+            write_json(self.out / XLA_FILE, choice)
             print(xla_message(choice), flush=True)
         self.cfg = replace(self.cfg, xla="on" if choice["xla"] else "off")
         return choice
@@ -126,7 +122,7 @@ class MemberFit:
         its first choice."""
         if not auto_side_applies(self.cfg, self.spec):
             return
-        choice = read_side(self.out)
+        choice = read_json(self.out / SIDE_FILE)
         if choice is None and any(s.done for s in planner.stages):
             return  # resumed from before the probe existed: keep the side it trained at
         if choice is None:
@@ -134,7 +130,7 @@ class MemberFit:
             seconds = fastest_epoch_s(xla_choice) if xla_choice and xla_choice["probed_side"] == side \
                 else self.probe_epoch_s(first, self.cfg.xla)
             choice = choose_side(planner, side, seconds, self.time_validation_pass())
-            write_side(self.out, choice)
+            write_json(self.out / SIDE_FILE, choice)
             print(side_message(choice), flush=True)
         keras.utils.set_random_seed(self.seed)
         if choice["image_size"] != network_input_size(self.spec):
@@ -268,11 +264,16 @@ def class_weight_for(labels: np.ndarray) -> dict[int, float]:
     return {int(c): float(w) for c, w in zip(classes, weights)}
 
 
+def is_distributed(cfg: TrainConfig, strategy: tf.distribute.Strategy) -> bool:
+    """Several workers or replicas share the training step."""
+    return cfg.multi_worker or strategy.num_replicas_in_sync > 1
+
+
 def prepare_stage(model, stage: Stage, cfg: TrainConfig, strategy, steps: int) -> PlannedCosineDecay:
     """The stage's trainable layers and head L2, then its compiled optimizer; returns its schedule."""
     set_backbone_trainable(model, stage.trainable_top)
     set_head_l2(model, stage.l2)
-    jit_compile = xla_for(cfg.xla, distributed=cfg.multi_worker or strategy.num_replicas_in_sync > 1,
+    jit_compile = xla_for(cfg.xla, distributed=is_distributed(cfg, strategy),
                           steps=stage.epochs * steps)
     with strategy.scope():
         return compile_for(model, stage, cfg, steps, jit_compile)

@@ -13,14 +13,9 @@ dir, so a resumed run keeps it.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from submission.model import network_input_size
-from train.atomic import write_json
 from train.config import TrainConfig
 from train.planner import FEW_EPOCHS_SHARE, BudgetPlanner
-from train.runs import SIDE_FILE
 
 SMALL_INPUT_SIDE = 56  # the from-scratch side for slow machines (README, Benchmarks)
 
@@ -56,15 +51,6 @@ def side_message(choice: dict) -> str:
     return (f"{found}; training at {choice['image_size']} px instead, about "
             f"{(choice['probed_side'] / choice['image_size']) ** 2:.1f}x the epochs (--no-auto-image-size keeps "
             f"{choice['probed_side']} px)")
-
-
-def read_side(out: Path) -> dict | None:
-    path = out / SIDE_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def write_side(out: Path, choice: dict) -> None:
-    write_json(out / SIDE_FILE, choice)
 
 
 def smaller_input_hint(cfg: TrainConfig, spec: dict) -> str | None:

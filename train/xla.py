@@ -10,13 +10,9 @@ resumed run keeps it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from pathlib import Path
 
 import tensorflow as tf
-
-from train.atomic import write_json
 
 XLA_FILE = "xla.json"
 XLA_MIN_STEPS = 500  # --xla auto: compiling costs seconds per stage (5 s for the tiny test network), so short
@@ -58,12 +54,3 @@ def xla_message(choice: dict) -> str:
     kept = "the XLA-compiled step" if choice["xla"] else "the plain step"
     return (f"xla: at {choice['probed_side']} px an epoch takes {timed['xla']:.0f} s XLA-compiled and "
             f"{timed['plain']:.0f} s plain here; training with {kept} (--xla on|off decides)")
-
-
-def read_xla(out: Path) -> dict | None:
-    path = out / XLA_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def write_xla(out: Path, choice: dict) -> None:
-    write_json(out / XLA_FILE, choice)

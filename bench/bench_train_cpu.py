@@ -78,7 +78,7 @@ def main() -> None:
         "expected_hidden_wall_s": hidden_s,
         "diagnostic_suite_means": shift["suite_mean_accuracy"], "diagnostic_shift_mean": shift["shift_mean_accuracy"],
         "diagnostic_wall_s": shift_s,
-        "tta_views": tta["views"], "tta_adapt_bn": tta.get("adapt_bn"),
+        "tta_views": tta["views"], "tta_adapt_bn": tta.get("adapt_bn"), "tta_repair": bool(tta.get("repair")),
         "goals": {"train_and_package_within_30_min": train_s + package_s <= budget * 60,
                   "expected_hidden>=0.90": (hidden.get("expected_hidden_accuracy") or 0) >= 0.90,
                   "test_accuracy>=0.985": (hidden["clean_accuracy"] or 0) >= 0.985,

@@ -1,4 +1,5 @@
-"""Benchmark: test-time BatchNorm adaptation on vs off, on every suite variant and on a mixed test array.
+"""Benchmark: a test-time option on vs off (BatchNorm adaptation, or tone repair), on every suite variant and
+on a mixed test array.
 
 Takes a packaged zip (default: the CPU benchmark's, ``bench/runs/cpu.zip``), rebuilds its ensemble with
 its own TTA views, and predicts pbc96_test shifted by each variant (clean, hidden@1..3, the corruptions at
@@ -6,8 +7,12 @@ severity 3, an2dl@1..3) and a mix (half clean, a quarter hidden@2, a quarter an2
 adaptation off and on (the prior ``tools/tta_select.ADAPT_PRIOR``); also the predict-time overhead of
 adaptation on the same images. Writes ``bench/results/tta_adapt.json``. Env: BENCH_TTA_IMAGES (a seeded
 random subset of pbc96_test; default all 1,982: about 2 minutes per variant for a CPU-preset zip on 2 cores).
+BENCH_TTA_OPTION=repair compares tone repair (``submission/model.py`` ToneRepair: the zip's own, else one
+with the quantiles of pbc96_val) off and on instead, each with the zip's own adaptation setting, and writes
+``bench/results/tta_repair.json``.
 
     python bench/bench_tta_adapt.py [ZIP]
+    BENCH_TTA_OPTION=repair python bench/bench_tta_adapt.py [ZIP]
 """
 
 from __future__ import annotations
@@ -50,7 +55,17 @@ def main() -> None:
         models = [runtime.load_member(tmp, entry) for entry in manifest["members"]]
     weights = [float(e.get("weight", 1.0)) for e in manifest["members"]]
     views = manifest["tta"]["views"]
-    ensembles = {adapt: runtime.TTAEnsemble(models, weights, views, adapt_bn=adapt) for adapt in (None, ADAPT_PRIOR)}
+    option = os.environ.get("BENCH_TTA_OPTION", "adapt")
+    if option == "repair":
+        shipped = manifest["tta"].get("repair")
+        with np.load(DATA / "pbc96_val.npz", allow_pickle=False) as data:
+            repair = runtime.ToneRepair(**shipped) if shipped else runtime.ToneRepair.from_images(data["images"])
+        adapt_bn = manifest["tta"].get("adapt_bn")
+        ensembles = {on: runtime.TTAEnsemble(models, weights, views, adapt_bn=adapt_bn, repair=repair if on else None)
+                     for on in (False, True)}
+    else:
+        ensembles = {adapt: runtime.TTAEnsemble(models, weights, views, adapt_bn=adapt)
+                     for adapt in (None, ADAPT_PRIOR)}
     variants = plan_variants(("clean", "hidden", "corruptions", "an2dl"), (3,))
     variants += [make_variant("an2dl", "an2dl", k) for k in (1, 3)]
     rng = np.random.default_rng(0)
@@ -74,12 +89,16 @@ def main() -> None:
         ensemble.predict(images)
         seconds["on" if adapt else "off"] = time.perf_counter() - start
     shifted_names = [v.name for v in variants if v.suite != "clean"]
-    result = {"zip": str(zip_path), "views": views, "members": len(models), "prior": ADAPT_PRIOR,
+    result = {"zip": str(zip_path), "option": option, "views": views, "members": len(models),
               "accuracy": rows,
               "mean_shifted": {k: float(np.mean([rows[v][k] for v in shifted_names])) for k in ("off", "on")},
               "images": len(images), "predict_seconds": seconds, "overhead_ratio": seconds["on"] / seconds["off"],
-              "shipped_with_adaptation": manifest["tta"].get("adapt_bn") is not None}
-    write_json(ROOT / "bench" / "results" / "tta_adapt.json", result)
+              "shipped_with_adaptation": manifest["tta"].get("adapt_bn") is not None,
+              "shipped_with_repair": manifest["tta"].get("repair") is not None}
+    if option == "repair":
+        write_json(ROOT / "bench" / "results" / "tta_repair.json", result)
+    else:
+        write_json(ROOT / "bench" / "results" / "tta_adapt.json", {**result, "prior": ADAPT_PRIOR})
     print(json.dumps({k: result[k] for k in ("mean_shifted", "predict_seconds", "overhead_ratio")}))
 
 

@@ -10,6 +10,8 @@ calibrated shift it hits 1 in ``len(PIXEL_OPS)``, so its share of the hidden-sco
     python bench/hidden_components.py bench/runs/cpu_reserve [more run dirs]
     python bench/hidden_components.py RUN --recalibrate-bn 2000   # BatchNorm statistics re-estimated first
                                                                   # on 2,000 clean pbc96_train images
+    python bench/hidden_components.py RUN --tone-repair   # with the runtime's ToneRepair (reference: the
+                                                         # quantiles of 2,000 clean pbc96_train images)
 """
 
 from __future__ import annotations
@@ -59,11 +61,13 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--recalibrate-bn", type=int, default=0, metavar="N",
                         help="first re-estimate every BatchNorm layer's statistics on N clean training images")
+    parser.add_argument("--tone-repair", action="store_true",
+                        help="undo solarisation / equalisation first (submission/model.py ToneRepair)")
     args = parser.parse_args()
     if not (DATA / "pbc96_val.npz").is_file():
         print(f"skip: {DATA} not found")
         return
-    from submission.model import DIHEDRAL_VIEWS, BatchNormAdaptation, TTAEnsemble
+    from submission.model import DIHEDRAL_VIEWS, BatchNormAdaptation, ToneRepair, TTAEnsemble
     from tools.package import load_models
     from train.atomic import write_json
     from train.runs import find_members
@@ -74,22 +78,27 @@ def main() -> None:
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     results.setdefault("runs", {})
     results.update(data="pbc96_val (991 images)", views="8 dihedral", shift="calibrated hidden shift, level 2")
-    clean_train = None
+    clean_train = repair = None
+    with np.load(DATA / "pbc96_train.npz", allow_pickle=False) as data:
+        train_images = data["images"]
     if args.recalibrate_bn:
-        with np.load(DATA / "pbc96_train.npz", allow_pickle=False) as data:
-            pick = np.random.default_rng(0).permutation(len(data["labels"]))[:args.recalibrate_bn]
-            clean_train = data["images"][np.sort(pick)]
+        clean_train = train_images[np.sort(np.random.default_rng(0).permutation(len(train_images))
+                                           [:args.recalibrate_bn])]
+    if args.tone_repair:
+        repair = ToneRepair.from_images(train_images[np.random.default_rng(1).permutation(len(train_images))[:2000]])
     for run in args.runs:
         models = load_models(find_members(run))
         for model in models if clean_train is not None else []:
             BatchNormAdaptation(model, prior=1e-6).adapt(clean_train)  # the training statistics are replaced
-        ensemble = TTAEnsemble(models, views=DIHEDRAL_VIEWS)
+        ensemble = TTAEnsemble(models, views=DIHEDRAL_VIEWS, repair=repair)
         acc = {name: float(np.mean(ensemble.predict(x) == labels)) for name, x in sets.items()}
         acc["op share of the hidden loss"] = {
             op: (acc["clean"] - acc[f"op {op} alone"]) / len(PIXEL_OPS) for op in PIXEL_OPS}
         name = str(run.resolve().relative_to(ROOT) if run.resolve().is_relative_to(ROOT) else run)
         if clean_train is not None:
             name += f" (BatchNorm re-estimated on {len(clean_train)} clean training images)"
+        if repair is not None:
+            name += " (tone repair)"
         results["runs"][name] = acc
         print(run, json.dumps(acc, indent=1), flush=True)
         write_json(RESULTS, results)

@@ -6,7 +6,8 @@ were trained and tested. It imports only numpy, tensorflow and keras, and keeps 
 Keras 3.4 / TensorFlow 2.17 (the likely CodaBench server).
 
 Files next to this one (written by ``bcsub package``):
-- ``bcsub_submission.json``: the members, their ensemble weights, the TTA views and the batch size;
+- ``bcsub_submission.json``: the members, their ensemble weights, the TTA views (with BatchNorm adaptation
+  and tone repair, when on) and the batch size;
 - ``member_K.weights.npz``: the weights of member K, in ``model.get_weights()`` order.
 """
 
@@ -398,6 +399,91 @@ def clean_pixels(chunk: np.ndarray, scale: float = 1.0) -> np.ndarray:
     return np.clip(x, 0.0, 255.0, out=x)
 
 
+class ToneRepair:
+    """Undo two tone operations of RandAugment/AugMix-style shifts before the network sees an image.
+
+    - Solarisation (every value at or above a threshold t becomes 255 - v) leaves no value at or above t
+      where a cell image, whose background is near white, has values right up to 255: the threshold is
+      the image's largest value + 1. Flipping back every value at most 255 - t restores the bright
+      pixels exactly (an originally dark value there is flipped too: left for the network). Only where
+      the background came out dark: at least ``DARK_BORDER`` of the values in the image's outer
+      ``BORDER`` pixels are at most 255 - t, and, for a threshold under ``MILD``, the border is darker
+      than the image as a whole (a darkened image also lacks 255, but its border stays its palest part;
+      halved, all its values are at most 255 - t). Does nothing to an image whose largest value is 255
+      (98% of PBC images) or less than ``SOLARIZED_MAX`` (a threshold that low cannot be told from its
+      mirror image).
+    - Histogram equalisation makes each channel's histogram flat, which no cell image's is (the
+      background fills the top of the range): where all three channels spread evenly over the four
+      quarters of 0..255 (within ``FLAT``, see ``flatness``), each channel is matched back to the
+      histogram of clean images: each value goes to the ``reference`` quantile (3, Q) at its rank in the
+      channel (equalisation sent it to 255 x that rank; by ranks, a partial equalisation is undone too).
+
+    Works per image on a chunk (memory flat in n); ``bcsub package --tta auto`` ships it only where it
+    raises the shifted validation accuracy at little clean cost (``tools.tta_select``).
+    """
+
+    SOLARIZED_MAX = 127.0
+    BORDER = 8
+    DARK_BORDER = 0.05  # of the border values: 99% of suite-solarised PBC images, 2% of darkened ones
+    MILD = 192.0
+    FLAT = 0.2
+
+    def __init__(self, reference):
+        self.reference = np.asarray(reference, np.float32)
+        self.ranks = np.linspace(0.0, 1.0, self.reference.shape[1], dtype=np.float32)
+
+    @classmethod
+    def from_images(cls, images: np.ndarray, quantiles: int = 257) -> ToneRepair:
+        """The reference quantiles of each channel over clean ``images`` (n, H, W, 3)."""
+        ranks = np.linspace(0.0, 1.0, quantiles)
+        pixels = np.asarray(images).reshape(-1, 3)
+        return cls(np.stack([np.quantile(pixels[:, c], ranks) for c in range(3)]))
+
+    def to_json(self) -> dict:
+        return {"reference": np.round(self.reference, 3).tolist()}
+
+    @staticmethod
+    def flatness(x: np.ndarray) -> np.ndarray:
+        """Per image: the largest gap, over channels and quarters of 0..255, between the share of pixels
+        in that quarter and 1/4 (0: perfectly flat histograms), counting values of 255 or not, whichever
+        is flatter (PIL's equalisation leaves the top level where it was; others send it to 255). A cell
+        image scores at least 0.25 either way (its blue channel never reaches the lowest quarter); 99% of
+        PBC images equalised by PIL or by the shift suite score under 0.17."""
+        pixels = x.reshape(len(x), -1, 3)
+        quarter = np.clip(pixels // 64, 0, 3)
+        gaps = []
+        for counted in (np.ones(pixels.shape, bool), pixels < 255.0):
+            shares = np.stack([((quarter == k) & counted).sum(axis=1) for k in range(4)], axis=1)
+            gaps.append(np.abs(shares / np.maximum(counted.sum(axis=1), 1)[:, None] - 0.25).max(axis=(1, 2)))
+        return np.minimum(*gaps)
+
+    def solarized(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per image of a float32 chunk (n, H, W, 3): is it taken for solarised, and which values would be
+        flipped back (those at most 255 - t, t = its largest value + 1)."""
+        top = x.reshape(len(x), -1).max(axis=1)
+        flipped = x <= (254.0 - np.floor(top))[:, None, None, None]
+        ring = np.ones(x.shape[1:3], bool)
+        ring[self.BORDER:-self.BORDER, self.BORDER:-self.BORDER] = False
+        dark_border = flipped[:, ring].reshape(len(x), -1).mean(axis=1) >= self.DARK_BORDER
+        darker_border = x[:, ring].reshape(len(x), -1).mean(axis=1) < x.reshape(len(x), -1).mean(axis=1)
+        mild = top >= self.MILD - 1
+        return (top < 255.0) & (top >= self.SOLARIZED_MAX) & dark_border & (mild | darker_border), flipped
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """The repaired copy of a float32 chunk (n, H, W, 3) of 0..255 pixels (``x`` is left as it was)."""
+        if not len(x):
+            return x
+        solarized, flipped = self.solarized(x)
+        out = np.where(solarized[:, None, None, None] & flipped, 255.0 - x, x).astype(np.float32)
+        for i in np.flatnonzero(self.flatness(out) < self.FLAT):
+            for c in range(3):
+                values = out[i, ..., c]
+                ordered = np.sort(values, axis=None)
+                rank = (np.searchsorted(ordered, values, "left") + np.searchsorted(ordered, values, "right")) / 2
+                out[i, ..., c] = np.interp(rank / values.size, self.ranks, self.reference[c])
+        return out
+
+
 class BatchNormAdaptation:
     """Test-time adaptation of one network: every BatchNormalization layer of its backbone gets its
     statistics re-estimated on the images it is about to predict, blended with the training statistics.
@@ -443,10 +529,11 @@ class BatchNormAdaptation:
         signature = [tf.TensorSpec([None, *IMAGE_SHAPE], tf.float32)]
         self._moments = tf.function(moments, input_signature=signature, reduce_retracing=True)
 
-    def _measure(self, X, scale: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    def _measure(self, X, scale: float, repair=None) -> list[tuple[np.ndarray, np.ndarray]]:
         totals = None
         for start in range(0, len(X), self.chunk_size):
-            chunk = tf.constant(clean_pixels(X[start:start + self.chunk_size], scale))
+            chunk = clean_pixels(X[start:start + self.chunk_size], scale)
+            chunk = tf.constant(repair(chunk) if repair else chunk)
             sums = [tuple(v.numpy() for v in m) for m in self._moments(chunk)]
             totals = sums if totals is None else [tuple(a + b for a, b in zip(t, s)) for t, s in zip(totals, sums)]
         return [(s1 / n, np.maximum(s2 / n - (s1 / n) ** 2, 0.0)) for s1, s2, n in totals]
@@ -458,13 +545,13 @@ class BatchNormAdaptation:
             layer.moving_mean.assign(mean.astype(np.float32))
             layer.moving_variance.assign(np.maximum(second - mean ** 2, 0.0).astype(np.float32))
 
-    def adapt(self, X, scale: float = 1.0) -> None:
+    def adapt(self, X, scale: float = 1.0, repair: ToneRepair | None = None) -> None:
         """Adapt to the (n, 96, 96, 3) images ``X`` (from the training statistics, whatever came before);
-        ``scale``: see ``clean_pixels``."""
+        ``scale``: see ``clean_pixels``; ``repair``: applied to each chunk first, as the ensemble does."""
         self.restore()
         if not self.layers or not len(X):
             return
-        measured = self._measure(X, scale)  # (running as in training also moves the moving statistics)
+        measured = self._measure(X, scale, repair)  # (running as in training also moves the moving statistics)
         self._blend(measured, len(X) / (len(X) + self.prior))
 
     def restore(self) -> None:
@@ -482,8 +569,10 @@ class TTAEnsemble:
 
     def __init__(self, models: list, member_weights: list[float] | None = None,
                  views: list[str] | tuple[str, ...] | int = ("identity",),
-                 batch_size: int = DEFAULT_BATCH_SIZE, adapt_bn: float | None = None):
+                 batch_size: int = DEFAULT_BATCH_SIZE, adapt_bn: float | None = None,
+                 repair: ToneRepair | None = None):
         self.models = list(models)
+        self.repair = repair  # None: off, else applied to every chunk before the views (and the adaptation)
         # adapt_bn: None = off, else the prior (in images) of BatchNormAdaptation, applied per predict call
         self.adaptations = [BatchNormAdaptation(m, adapt_bn) for m in self.models] if adapt_bn else []
         self.adapt_bn = adapt_bn
@@ -523,9 +612,10 @@ class TTAEnsemble:
         return scale
 
     def _chunks(self, X: np.ndarray, scale: float):
-        """Float32 chunks of 0..255 pixels (see ``clean_pixels``)."""
+        """Float32 chunks of 0..255 pixels (see ``clean_pixels``), tone-repaired when that is on."""
         for start in range(0, len(X), self.chunk_size):
-            yield start, tf.constant(clean_pixels(X[start:start + self.chunk_size], scale))
+            chunk = clean_pixels(X[start:start + self.chunk_size], scale)
+            yield start, tf.constant(self.repair(chunk) if self.repair else chunk)
 
     def _adapted(self, X, fill) -> np.ndarray:
         """``fill(X, scale)`` run on ``X`` as a batch (see ``as_image_batch``) with every member adapted to it
@@ -533,7 +623,7 @@ class TTAEnsemble:
         X = as_image_batch(X)
         scale = self._pixel_scale(X)
         for adaptation in self.adaptations:
-            adaptation.adapt(X, scale)
+            adaptation.adapt(X, scale, self.repair)
         try:
             return fill(X, scale)
         finally:
@@ -573,6 +663,7 @@ def load_ensemble(directory: str) -> TTAEnsemble:
         manifest["tta"]["views"],
         int(manifest.get("batch_size", DEFAULT_BATCH_SIZE)),
         manifest["tta"].get("adapt_bn"),
+        ToneRepair(**manifest["tta"]["repair"]) if manifest["tta"].get("repair") else None,
     )
 
 

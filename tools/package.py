@@ -75,6 +75,10 @@ class TTAPlan:
     def adapt_bn(self) -> float | None:
         return self.choice.adapt_bn if self.choice else None
 
+    @property
+    def repair(self) -> runtime.ToneRepair | None:
+        return self.choice.repair if self.choice else None
+
 
 def package(options: PackageOptions, progress=print) -> PackageReport:
     """Build, validate (and optionally check under the server's versions), then publish the zip."""
@@ -186,7 +190,7 @@ def plan_tta(models: list, data: EvalData | None, options: PackageOptions, progr
 def fit_time_limit(tta: TTAPlan, models: list, probe: np.ndarray, batch_size: int) -> tuple[TTAPlan, np.ndarray]:
     """Time the plan on the probe images; an auto choice projected over ``TIME_SHARE`` of the limit for
     10,000 images is re-chosen with fewer views. Returns the plan and its in-process labels of the probe."""
-    expected, seconds_per_image = timed_predict(models, tta.weights, tta.views, batch_size, probe, tta.adapt_bn)
+    expected, seconds_per_image = timed_predict(models, tta, batch_size, probe)
     budget = TIME_SHARE * CODABENCH_TIME_LIMIT_S
     if tta.choice is None or seconds_per_image * PROJECTED_IMAGES <= budget:
         return tta, expected
@@ -194,7 +198,7 @@ def fit_time_limit(tta: TTAPlan, models: list, probe: np.ndarray, batch_size: in
     choice = tta.choice.limited_to(max_views)
     note = f"TTA limited to {len(choice.views)} views to stay well inside the {CODABENCH_TIME_LIMIT_S} s limit"
     limited = TTAPlan(choice.views, choice.member_weights, choice, [*tta.notes, note])
-    expected, _ = timed_predict(models, limited.weights, limited.views, batch_size, probe, limited.adapt_bn)
+    expected, _ = timed_predict(models, limited, batch_size, probe)
     return limited, expected
 
 
@@ -212,10 +216,9 @@ def probe_images(data: EvalData | None, members: list[Member], seed: int) -> np.
     return rng.integers(0, 256, (PROBE_IMAGES, *runtime.IMAGE_SHAPE), dtype=np.uint8)
 
 
-def timed_predict(models: list, weights: list[float], views: tuple[str, ...], batch_size: int,
-                  probe: np.ndarray, adapt_bn: float | None = None) -> tuple[np.ndarray, float]:
+def timed_predict(models: list, tta: TTAPlan, batch_size: int, probe: np.ndarray) -> tuple[np.ndarray, float]:
     """In-process labels for ``probe`` and the seconds per image they took (after a warm-up)."""
-    ensemble = runtime.TTAEnsemble(models, weights, views, batch_size, adapt_bn)
+    ensemble = runtime.TTAEnsemble(models, tta.weights, tta.views, batch_size, tta.adapt_bn, tta.repair)
     ensemble.predict(probe[:8])
     start = time.perf_counter()
     labels = ensemble.predict(probe)
@@ -226,7 +229,7 @@ def write_draft(folder: Path, members: list[Member], tta: TTAPlan, batch_size: i
     """Stage the zip's files in ``folder`` and zip them there (the draft is published only once valid)."""
     staging = folder / "staging"
     staging.mkdir()
-    stage_files(staging, members, tta.views, tta.weights, batch_size, tta.choice, tta.adapt_bn)
+    stage_files(staging, members, tta, batch_size)
     return write_zip(staging, folder / "submission.zip")
 
 
@@ -250,11 +253,10 @@ def publish(draft: Path, out: Path) -> Path:
     return out
 
 
-def stage_files(staging: Path, members: list[Member], views: tuple[str, ...], weights: list[float],
-                batch_size: int, tta: TTAChoice | None, adapt_bn: float | None = None) -> None:
+def stage_files(staging: Path, members: list[Member], tta: TTAPlan, batch_size: int) -> None:
     shutil.copyfile(RUNTIME_SOURCE, staging / "model.py")
     entries = []
-    for k, (member, weight) in enumerate(zip(members, weights)):
+    for k, (member, weight) in enumerate(zip(members, tta.weights)):
         name = f"member_{k}.weights.npz"
         shutil.copyfile(member.weights_path, staging / name)
         entries.append({"spec": member.spec, "weights": name, "weight": weight,
@@ -262,7 +264,9 @@ def stage_files(staging: Path, members: list[Member], views: tuple[str, ...], we
     manifest = {
         "format": runtime.WEIGHTS_FORMAT,
         "members": entries,
-        "tta": {"views": list(views), "adapt_bn": adapt_bn, "selection": tta.table if tta else None},
+        "tta": {"views": list(tta.views), "adapt_bn": tta.adapt_bn,
+                "repair": tta.repair.to_json() if tta.repair else None,
+                "selection": tta.choice.table if tta.choice else None},
         "batch_size": batch_size,
         "built_with": {"keras": keras.__version__},
     }

@@ -95,6 +95,11 @@ TONE_PROB = 0.3
 TONE_OPS = ("solarize", "equalize", "grayscale")
 SOLARIZE_THRESHOLD = (95.0, 255.0)
 LUMA = (0.299, 0.587, 0.114)
+# "dark_fold": what the runtime's tone repair (submission/model.py ToneRepair) leaves of an image solarised at a
+# threshold t >= 128: the bright values come back, the values at most 255 - t come out mirrored (v -> 255 - v).
+# Training on it teaches the network the repaired images without teaching it solarisation itself.
+DARK_FOLD_PROB = 0.15
+DARK_FOLD_MAX = 127.0
 # "erase": one rectangle of a random grey per chosen image (cutout; a 2024 team: 0.87 -> 0.90).
 ERASE_PROB = 0.3
 ERASE_SIDE = (0.2, 0.5)  # fraction of the image side
@@ -327,6 +332,20 @@ class RandomToneOp(RandomPerImage):
         grey = tf.broadcast_to(tf.reduce_sum(picked * tf.constant(LUMA), axis=-1, keepdims=True), tf.shape(picked))
         changed = tf.where(op == 0, solarized, tf.where(op == 1, equalize(picked), grey))
         return tf.tensor_scatter_nd_update(images, chosen, changed)
+
+
+class RandomDarkFold(RandomPerImage):
+    """With probability ``rate`` per image, mirror every value at most f (v -> 255 - v), f drawn from
+    0..``max_fold``: a solarised image as the runtime's tone repair returns it (``DARK_FOLD_PROB``)."""
+
+    def __init__(self, rate: float, max_fold: float = DARK_FOLD_MAX, seed: int | None = None, **kwargs):
+        super().__init__(rate, seed, **kwargs)
+        self.max_fold = max_fold
+
+    def change_chosen(self, images, chosen, strength):
+        picked = tf.gather_nd(images, chosen)
+        fold = (strength * self.max_fold)[:, None, None, None]
+        return tf.tensor_scatter_nd_update(images, chosen, tf.where(picked <= fold, 255.0 - picked, picked))
 
 
 def equalize(images):
@@ -566,6 +585,7 @@ PARTS: dict[str, Callable[[Iterator[int]], list[keras.layers.Layer]]] = {
     "randaugment_strong": lambda s: [_strong_randaugment_layer(s)],
     "overlay": lambda s: [RandomOverlay(OVERLAY_PROB, OVERLAY_ALPHA, _overlay_bank(), seed=next(s))],
     "tone": lambda s: [RandomToneOp(TONE_PROB, seed=next(s))],
+    "dark_fold": lambda s: [RandomDarkFold(DARK_FOLD_PROB, seed=next(s))],
     "erase": lambda s: [RandomErase(ERASE_PROB, ERASE_SIDE, seed=next(s))],
 }
 

@@ -79,8 +79,9 @@ def main() -> None:
     results.setdefault("runs", {})
     results.update(data="pbc96_val (991 images)", views="8 dihedral", shift="calibrated hidden shift, level 2")
     clean_train = repair = None
-    with np.load(DATA / "pbc96_train.npz", allow_pickle=False) as data:
-        train_images = data["images"]
+    if args.recalibrate_bn or args.tone_repair:
+        with np.load(DATA / "pbc96_train.npz", allow_pickle=False) as data:
+            train_images = data["images"]
     if args.recalibrate_bn:
         clean_train = train_images[np.sort(np.random.default_rng(0).permutation(len(train_images))
                                            [:args.recalibrate_bn])]

@@ -484,6 +484,12 @@ class ToneRepair:
         return out
 
 
+def network_input(chunk: np.ndarray, scale: float = 1.0, repair: ToneRepair | None = None) -> np.ndarray:
+    """What the networks get of a chunk of ``X``: ``clean_pixels``, then tone-repaired when ``repair`` is on."""
+    pixels = clean_pixels(chunk, scale)
+    return repair(pixels) if repair else pixels
+
+
 class BatchNormAdaptation:
     """Test-time adaptation of one network: every BatchNormalization layer of its backbone gets its
     statistics re-estimated on the images it is about to predict, blended with the training statistics.
@@ -532,8 +538,7 @@ class BatchNormAdaptation:
     def _measure(self, X, scale: float, repair=None) -> list[tuple[np.ndarray, np.ndarray]]:
         totals = None
         for start in range(0, len(X), self.chunk_size):
-            chunk = clean_pixels(X[start:start + self.chunk_size], scale)
-            chunk = tf.constant(repair(chunk) if repair else chunk)
+            chunk = tf.constant(network_input(X[start:start + self.chunk_size], scale, repair))
             sums = [tuple(v.numpy() for v in m) for m in self._moments(chunk)]
             totals = sums if totals is None else [tuple(a + b for a, b in zip(t, s)) for t, s in zip(totals, sums)]
         return [(s1 / n, np.maximum(s2 / n - (s1 / n) ** 2, 0.0)) for s1, s2, n in totals]
@@ -614,8 +619,7 @@ class TTAEnsemble:
     def _chunks(self, X: np.ndarray, scale: float):
         """Float32 chunks of 0..255 pixels (see ``clean_pixels``), tone-repaired when that is on."""
         for start in range(0, len(X), self.chunk_size):
-            chunk = clean_pixels(X[start:start + self.chunk_size], scale)
-            yield start, tf.constant(self.repair(chunk) if self.repair else chunk)
+            yield start, tf.constant(network_input(X[start:start + self.chunk_size], scale, self.repair))
 
     def _adapted(self, X, fill) -> np.ndarray:
         """``fill(X, scale)`` run on ``X`` as a batch (see ``as_image_batch``) with every member adapted to it

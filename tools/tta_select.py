@@ -110,8 +110,11 @@ def choose_tta(models: list, eval_sets: dict[str, tuple[np.ndarray, np.ndarray]]
 
     rows = score(plain, None, False)
     tone = ToneRepair.from_images(eval_sets["clean"][0]) if "clean" in eval_sets else None
-    repaired_sets = {name: (tone(x.astype(np.float32)), y) for name, (x, y) in eval_sets.items()} if tone else {}
-    changed = {name: _changed(eval_sets[name][0], x) for name, (x, _) in repaired_sets.items()}
+    repaired_sets, changed = {}, {}
+    for name, (x, y) in eval_sets.items() if tone else ():
+        pixels = x.astype(np.float32)
+        repaired_sets[name] = (tone(pixels), y)
+        changed[name] = (repaired_sets[name][0] != pixels).reshape(len(x), -1).any(axis=1)
     if any(c.any() for c in changed.values()):
         repaired = {name: p.copy() for name, p in plain.items()}
         subsets = {name: (repaired_sets[name][0][c], None) for name, c in changed.items() if c.any()}
@@ -125,11 +128,6 @@ def choose_tta(models: list, eval_sets: dict[str, tuple[np.ndarray, np.ndarray]]
         rows += score(_view_probabilities(models, all_views, batch_size, ADAPT_PRIOR, sets), ADAPT_PRIOR, repair_on)
         _mark_adaptation_eligibility(rows)
     return TTAChoice.from_row(pick_best(rows), rows, tone)
-
-
-def _changed(before: np.ndarray, after: np.ndarray) -> np.ndarray:
-    """Per image: did the tone repair change any value?"""
-    return (before.astype(np.float32) != after).reshape(len(before), -1).any(axis=1)
 
 
 # The share of the validation images tone repair changes, summed over the evaluation sets (clean, hidden@1..3):

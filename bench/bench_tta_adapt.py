@@ -7,12 +7,14 @@ severity 3, an2dl@1..3) and a mix (half clean, a quarter hidden@2, a quarter an2
 adaptation off and on (the prior ``tools/tta_select.ADAPT_PRIOR``); also the predict-time overhead of
 adaptation on the same images. Writes ``bench/results/tta_adapt.json``. Env: BENCH_TTA_IMAGES (a seeded
 random subset of pbc96_test; default all 1,982: about 2 minutes per variant for a CPU-preset zip on 2 cores).
-BENCH_TTA_OPTION=repair compares tone repair (``submission/model.py`` ToneRepair: the zip's own, else one
+BENCH_TTA_OPTION=repair compares image repair (``submission/model.py`` ImageRepair: the zip's own, else one
 with the quantiles of pbc96_val) off and on instead, each with the zip's own adaptation setting, and writes
-``bench/results/tta_repair.json``.
+``bench/results/tta_repair.json``; BENCH_TTA_OPTION=fill compares the repair without and with its erased-box
+fill (``ErasedBoxFill``) and writes ``bench/results/tta_fill.json``.
 
     python bench/bench_tta_adapt.py [ZIP]
     BENCH_TTA_OPTION=repair python bench/bench_tta_adapt.py [ZIP]
+    BENCH_TTA_OPTION=fill python bench/bench_tta_adapt.py [ZIP]
 """
 
 from __future__ import annotations
@@ -56,13 +58,16 @@ def main() -> None:
     weights = [float(e.get("weight", 1.0)) for e in manifest["members"]]
     views = manifest["tta"]["views"]
     option = os.environ.get("BENCH_TTA_OPTION", "adapt")
-    if option == "repair":
+    if option in ("repair", "fill"):
         shipped = manifest["tta"].get("repair")
         with np.load(DATA / "pbc96_val.npz", allow_pickle=False) as data:
-            repair = runtime.ToneRepair(**shipped) if shipped else runtime.ToneRepair.from_images(data["images"])
+            reference = shipped["reference"] if shipped else runtime.ToneRepair.from_images(data["images"]).reference
+        repairs = {False: None, True: runtime.ImageRepair(reference, fill_erased=True)}
+        if option == "fill":
+            repairs[False] = runtime.ImageRepair(reference, fill_erased=False)
         adapt_bn = manifest["tta"].get("adapt_bn")
-        ensembles = {on: runtime.TTAEnsemble(models, weights, views, adapt_bn=adapt_bn, repair=repair if on else None)
-                     for on in (False, True)}
+        ensembles = {on: runtime.TTAEnsemble(models, weights, views, adapt_bn=adapt_bn, repair=repair)
+                     for on, repair in repairs.items()}
     else:
         ensembles = {adapt: runtime.TTAEnsemble(models, weights, views, adapt_bn=adapt)
                      for adapt in (None, ADAPT_PRIOR)}
@@ -95,8 +100,8 @@ def main() -> None:
               "images": len(images), "predict_seconds": seconds, "overhead_ratio": seconds["on"] / seconds["off"],
               "shipped_with_adaptation": manifest["tta"].get("adapt_bn") is not None,
               "shipped_with_repair": manifest["tta"].get("repair") is not None}
-    if option == "repair":
-        write_json(ROOT / "bench" / "results" / "tta_repair.json", result)
+    if option in ("repair", "fill"):
+        write_json(ROOT / "bench" / "results" / f"tta_{option}.json", result)
     else:
         write_json(ROOT / "bench" / "results" / "tta_adapt.json", {**result, "prior": ADAPT_PRIOR})
     print(json.dumps({k: result[k] for k in ("mean_shifted", "predict_seconds", "overhead_ratio")}))

@@ -12,6 +12,7 @@ calibrated shift it hits 1 in ``len(PIXEL_OPS)``, so its share of the hidden-sco
                                                                   # on 2,000 clean pbc96_train images
     python bench/hidden_components.py RUN --tone-repair   # with the runtime's ToneRepair (reference: the
                                                          # quantiles of 2,000 clean pbc96_train images)
+    python bench/hidden_components.py RUN --repair        # with the whole ImageRepair (erased-box fill too)
 """
 
 from __future__ import annotations
@@ -63,11 +64,13 @@ def main() -> None:
                         help="first re-estimate every BatchNorm layer's statistics on N clean training images")
     parser.add_argument("--tone-repair", action="store_true",
                         help="undo solarisation / equalisation first (submission/model.py ToneRepair)")
+    parser.add_argument("--repair", action="store_true",
+                        help="fill erased boxes, then undo solarisation / equalisation (ImageRepair)")
     args = parser.parse_args()
     if not (DATA / "pbc96_val.npz").is_file():
         print(f"skip: {DATA} not found")
         return
-    from submission.model import DIHEDRAL_VIEWS, BatchNormAdaptation, ToneRepair, TTAEnsemble
+    from submission.model import DIHEDRAL_VIEWS, BatchNormAdaptation, ImageRepair, ToneRepair, TTAEnsemble
     from tools.package import load_models
     from train.atomic import write_json
     from train.runs import find_members
@@ -79,14 +82,15 @@ def main() -> None:
     results.setdefault("runs", {})
     results.update(data="pbc96_val (991 images)", views="8 dihedral", shift="calibrated hidden shift, level 2")
     clean_train = repair = None
-    if args.recalibrate_bn or args.tone_repair:
+    if args.recalibrate_bn or args.tone_repair or args.repair:
         with np.load(DATA / "pbc96_train.npz", allow_pickle=False) as data:
             train_images = data["images"]
     if args.recalibrate_bn:
         clean_train = train_images[np.sort(np.random.default_rng(0).permutation(len(train_images))
                                            [:args.recalibrate_bn])]
-    if args.tone_repair:
-        repair = ToneRepair.from_images(train_images[np.random.default_rng(1).permutation(len(train_images))[:2000]])
+    if args.tone_repair or args.repair:
+        reference = ToneRepair.from_images(train_images[np.random.default_rng(1).permutation(len(train_images))[:2000]])
+        repair = ImageRepair(reference.reference, fill_erased=args.repair)
     for run in args.runs:
         models = load_models(find_members(run))
         for model in models if clean_train is not None else []:
@@ -99,7 +103,7 @@ def main() -> None:
         if clean_train is not None:
             name += f" (BatchNorm re-estimated on {len(clean_train)} clean training images)"
         if repair is not None:
-            name += " (tone repair)"
+            name += " (image repair)" if args.repair else " (tone repair)"
         results["runs"][name] = acc
         print(run, json.dumps(acc, indent=1), flush=True)
         write_json(RESULTS, results)

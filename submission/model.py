@@ -484,8 +484,80 @@ class ToneRepair:
         return out
 
 
-def network_input(chunk: np.ndarray, scale: float = 1.0, repair: ToneRepair | None = None) -> np.ndarray:
-    """What the networks get of a chunk of ``X``: ``clean_pixels``, then tone-repaired when ``repair`` is on."""
+class ErasedBoxFill:
+    """Fill an erased rectangle (cutout / random erasing: one box of a single grey) with the mean colour of
+    the pixels around it, so the network sees a cell with a blurred-out patch rather than a block of paint.
+
+    A box is taken for erased when it is the bounding box of the image's most common grey (R = G = B) value,
+    at least ``FULL`` of it has that exact value, its sides are between ``MIN_SIDE`` pixels and ``MAX_SHARE``
+    of the image's, and the grey is not 255 (a blown-out background is exact white, and spans the image).
+    Natural images have no such box: no clean PBC validation image is changed.
+    """
+
+    MIN_SIDE = 8
+    MAX_SHARE = 0.75
+    FULL = 0.98
+    RING = 2  # width, in pixels, of the frame around the box whose mean fills it
+
+    @classmethod
+    def box(cls, image: np.ndarray) -> tuple[int, int, int, int] | None:
+        """(y0, y1, x0, x1) of the erased box of one float32 (H, W, 3) image, or None."""
+        h, w, _ = image.shape
+        grey = (image[..., 0] == image[..., 1]) & (image[..., 1] == image[..., 2])
+        if grey.sum() < cls.MIN_SIDE**2:
+            return None
+        values, counts = np.unique(image[..., 0][grey], return_counts=True)
+        value = values[counts.argmax()]
+        if value >= 255.0:
+            return None
+        mask = grey & (image[..., 0] == value)
+        rows, cols = mask.sum(axis=1), mask.sum(axis=0)
+        ys, xs = np.flatnonzero(rows >= 0.9 * rows.max()), np.flatnonzero(cols >= 0.9 * cols.max())
+        y0, y1, x0, x1 = int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1
+        sides_ok = cls.MIN_SIDE <= y1 - y0 <= cls.MAX_SHARE * h and cls.MIN_SIDE <= x1 - x0 <= cls.MAX_SHARE * w
+        return (y0, y1, x0, x1) if sides_ok and mask[y0:y1, x0:x1].mean() >= cls.FULL else None
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """The filled copy of a float32 chunk (n, H, W, 3) of 0..255 pixels (``x`` is left as it was)."""
+        out = x.copy()
+        grey_pixels = ((x[..., 0] == x[..., 1]) & (x[..., 1] == x[..., 2])).reshape(len(x), -1).sum(axis=1)
+        for i in np.flatnonzero(grey_pixels >= self.MIN_SIDE**2):
+            box = self.box(x[i])
+            if box is None:
+                continue
+            y0, y1, x0, x1 = box
+            fy, fx = max(y0 - self.RING, 0), max(x0 - self.RING, 0)
+            frame = out[i, fy:y1 + self.RING, fx:x1 + self.RING]
+            around = np.ones(frame.shape[:2], bool)
+            around[y0 - fy:y1 - fy, x0 - fx:x1 - fx] = False
+            out[i, y0:y1, x0:x1] = frame[around].mean(axis=0)
+        return out
+
+
+class ImageRepair:
+    """What the zip undoes before the networks see a chunk: an erased box filled (``ErasedBoxFill``, when
+    ``fill_erased``), then solarisation and equalisation undone (``ToneRepair``). Clean images pass as they
+    are. The manifest's ``tta.repair`` holds ``to_json()``."""
+
+    def __init__(self, reference, fill_erased: bool = False):  # False: what manifests before the fill meant
+        self.tone = ToneRepair(reference)
+        self.fill = ErasedBoxFill() if fill_erased else None
+
+    @classmethod
+    def from_images(cls, images: np.ndarray, fill_erased: bool = True) -> ImageRepair:
+        """The repair whose tone reference is taken from clean ``images`` (n, H, W, 3)."""
+        return cls(ToneRepair.from_images(images).reference, fill_erased)
+
+    def to_json(self) -> dict:
+        return {**self.tone.to_json(), "fill_erased": self.fill is not None}
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """The repaired copy of a float32 chunk (n, H, W, 3) of 0..255 pixels (``x`` is left as it was)."""
+        return self.tone(self.fill(x) if self.fill else x)
+
+
+def network_input(chunk: np.ndarray, scale: float = 1.0, repair: ImageRepair | None = None) -> np.ndarray:
+    """What the networks get of a chunk of ``X``: ``clean_pixels``, then repaired when ``repair`` is on."""
     pixels = clean_pixels(chunk, scale)
     return repair(pixels) if repair else pixels
 
@@ -550,7 +622,7 @@ class BatchNormAdaptation:
             layer.moving_mean.assign(mean.astype(np.float32))
             layer.moving_variance.assign(np.maximum(second - mean ** 2, 0.0).astype(np.float32))
 
-    def adapt(self, X, scale: float = 1.0, repair: ToneRepair | None = None) -> None:
+    def adapt(self, X, scale: float = 1.0, repair: ImageRepair | None = None) -> None:
         """Adapt to the (n, 96, 96, 3) images ``X`` (from the training statistics, whatever came before);
         ``scale``: see ``clean_pixels``; ``repair``: applied to each chunk first, as the ensemble does."""
         self.restore()
@@ -575,7 +647,7 @@ class TTAEnsemble:
     def __init__(self, models: list, member_weights: list[float] | None = None,
                  views: list[str] | tuple[str, ...] | int = ("identity",),
                  batch_size: int = DEFAULT_BATCH_SIZE, adapt_bn: float | None = None,
-                 repair: ToneRepair | None = None):
+                 repair: ImageRepair | None = None):
         self.models = list(models)
         self.repair = repair  # None: off, else applied to every chunk before the views (and the adaptation)
         # adapt_bn: None = off, else the prior (in images) of BatchNormAdaptation, applied per predict call
@@ -667,7 +739,7 @@ def load_ensemble(directory: str) -> TTAEnsemble:
         manifest["tta"]["views"],
         int(manifest.get("batch_size", DEFAULT_BATCH_SIZE)),
         manifest["tta"].get("adapt_bn"),
-        ToneRepair(**manifest["tta"]["repair"]) if manifest["tta"].get("repair") else None,
+        ImageRepair(**manifest["tta"]["repair"]) if manifest["tta"].get("repair") else None,
     )
 
 

@@ -135,22 +135,23 @@ def test_only_adaptation_that_helps_on_shifted_data_at_little_clean_cost_is_elig
 
 
 @pytest.mark.slow
-def test_adaptation_and_tone_repair_run_under_keras_3_4(net, sample_test, tmp_path):
-    """The adapted, tone-repairing runtime uses only what Keras 3.4.1 / TF 2.17 / numpy 1.26 have, and
-    computes the same there."""
+def test_adaptation_and_image_repair_run_under_keras_3_4(net, sample_test, tmp_path):
+    """The adapted, image-repairing runtime (erased boxes filled, tone ops undone) uses only what Keras 3.4.1 /
+    TF 2.17 / numpy 1.26 have, and computes the same there."""
     from tools.compat_env import compat_python
 
     shutil.copyfile(runtime.__file__, tmp_path / "model.py")
     runtime.save_weights(net, str(tmp_path / "w.npz"))
-    repair = runtime.ToneRepair.from_images(sample_test[0][32:])
-    np.save(tmp_path / "ref.npy", repair.reference)
+    repair = runtime.ImageRepair.from_images(sample_test[0][32:])
+    np.save(tmp_path / "ref.npy", repair.tone.reference)
     images = sample_test[0][:32].copy()
     images[::2] = np.where(images[::2] >= 200, 255 - images[::2], images[::2])  # solarised at 200
+    images[1::4, 10:40, 30:60] = 77  # erased boxes
     np.save(tmp_path / "x.npy", images)
     script = (
         "import sys, numpy as np; sys.path.insert(0, sys.argv[1]); import model as m\n"
         "net = m.build_network({'backbone': 'tinycnn'}); m.load_weights(net, sys.argv[1] + '/w.npz')\n"
-        "repair = m.ToneRepair(np.load(sys.argv[1] + '/ref.npy'))\n"
+        "repair = m.ImageRepair(np.load(sys.argv[1] + '/ref.npy'), fill_erased=True)\n"
         "p = m.TTAEnsemble([net], views=('identity', 'rot90'), adapt_bn=16.0, repair=repair).predict_proba("
         "np.load(sys.argv[1] + '/x.npy'))\nnp.save(sys.argv[1] + '/p.npy', p)\n")
     (tmp_path / "run.py").write_text(script)

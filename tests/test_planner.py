@@ -259,7 +259,7 @@ def test_the_packaging_reserve_counts_the_passes_choose_tta_really_makes():
     sets = {name: (rng.integers(0, 256, (n, 96, 96, 3), dtype=np.uint8), rng.integers(0, 8, n))
             for name in ("clean", "hidden@1", "hidden@2", "hidden@3")}
     choose_tta(list(models), sets, batch_size=64)
-    repair = runtime.ToneRepair.from_images(sets["clean"][0])  # noise has flat histograms: all repaired
+    repair = runtime.ImageRepair.from_images(sets["clean"][0])  # noise has flat histograms: all repaired
     repaired = sum(float(np.mean((repair(x.astype(np.float32)) != x).reshape(n, -1).any(axis=1)))
                    for x, _ in sets.values())
     assert repaired == len(sets)

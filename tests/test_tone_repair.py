@@ -80,11 +80,13 @@ def test_the_ensemble_repairs_each_chunk_and_leaves_the_input_as_it_was(cells, r
 def test_the_manifest_round_trips_the_repair(repair, tmp_path):
     net = runtime.build_network({"backbone": "tinycnn"})
     runtime.save_weights(net, str(tmp_path / "member_0.weights.npz"))
+    shipped = runtime.ImageRepair(repair.reference, fill_erased=True)
     manifest = {"members": [{"spec": {"backbone": "tinycnn"}, "weights": "member_0.weights.npz"}],
-                "tta": {"views": ["identity"], "adapt_bn": None, "repair": repair.to_json()}}
+                "tta": {"views": ["identity"], "adapt_bn": None, "repair": shipped.to_json()}}
     (tmp_path / runtime.MANIFEST_NAME).write_text(__import__("json").dumps(manifest))
     loaded = runtime.load_ensemble(str(tmp_path))
-    np.testing.assert_allclose(loaded.repair.reference, repair.reference, atol=1e-3)
+    np.testing.assert_allclose(loaded.repair.tone.reference, repair.reference, atol=1e-3)
+    assert loaded.repair.fill is not None
 
 
 def _row(name, clean, shifted, repair=False, adapt=None, views=8):

@@ -54,7 +54,7 @@ def per_class_table(metrics: dict, title: str) -> Table:
 
 def tta_table(choice) -> Table:
     table = Table(title="TTA choice (validation accuracy, clean and shifted)")
-    for column in ("views", "n", "members", "tone repair", "BN adapt", "clean", "shifted", "score", ""):
+    for column in ("views", "n", "members", "repair", "BN adapt", "clean", "shifted", "score", ""):
         table.add_column(column)
     for row in choice.table:
         mark = "<- chosen" if row.get("chosen") else ("" if row.get("eligible", True) else "not eligible")

@@ -76,7 +76,7 @@ class TTAPlan:
         return self.choice.adapt_bn if self.choice else None
 
     @property
-    def repair(self) -> runtime.ToneRepair | None:
+    def repair(self) -> runtime.ImageRepair | None:
         return self.choice.repair if self.choice else None
 
 

@@ -3,9 +3,9 @@
 For each run dir, scores its shipped networks (8 dihedral TTA views, as ``bench/ablate_shift.py``) on
 pbc96_val — never pbc96_test — clean, under the calibrated hidden shift (level 2: the expected hidden
 score), under that shift with one part left out, with one part alone, and with each RandAugment-style
-pixel op alone (one per image, at the calibrated magnitude). An op alone hits every image; in the
-calibrated shift it hits 1 in ``len(PIXEL_OPS)``, so its share of the hidden-score loss is about
-(clean - op alone) / ``len(PIXEL_OPS)``. Writes ``bench/results/hidden_components.json``.
+pixel op alone (one per image, at the calibrated magnitude), and each geometric transform alone. An op
+alone hits every image; in the calibrated shift it hits 1 in ``len(PIXEL_OPS)``, so its share of the
+hidden-score loss is about (clean - op alone) / ``len(PIXEL_OPS)``. Writes ``bench/results/hidden_components.json``.
 
     python bench/hidden_components.py bench/runs/cpu_reserve [more run dirs]
     python bench/hidden_components.py RUN --recalibrate-bn 2000   # BatchNorm statistics re-estimated first
@@ -46,6 +46,30 @@ PARTS = {
 }
 
 
+# The geometry of the calibrated shift (tools/shift/hidden.py at geometry 1.0) one transform at a time, each at
+# a uniform random strength up to its full range: rotation +-45 degrees, shear +-0.3, zoom in x1..1.4, zoom out
+# x0.71..1, shift +-15% (reflect fill, as there).
+GEOMETRY_PARTS = ("rotation", "shear", "zoom in", "zoom out", "shift")
+
+
+def geometry_part(images: np.ndarray, part: str, seed: int = 0) -> np.ndarray:
+    """``images`` (n,H,W,3) uint8 under one transform of ``GEOMETRY_PARTS``."""
+    from tools.shift.ops import rotation, to_uint8, warp_affine
+
+    n, h, w, _ = images.shape
+    u = np.random.default_rng(seed).uniform(-1, 1, (4, n))
+    mat, shift = np.tile(np.eye(2), (n, 1, 1)), np.zeros((n, 2))
+    if part == "rotation":
+        mat = rotation(np.deg2rad(u[0] * 45))
+    elif part == "shear":
+        mat[:, 0, 1] = u[1] * 0.3
+    elif part in ("zoom in", "zoom out"):
+        mat *= (1.4 ** (np.abs(u[2]) * (-1 if part == "zoom in" else 1)))[:, None, None]
+    else:
+        shift = u[2:].T * 0.15 * np.array([h, w])
+    return to_uint8(warp_affine(images, mat, shift))
+
+
 def shifted_sets(images: np.ndarray) -> dict[str, np.ndarray]:
     """Every variant this benchmark scores, by name."""
     sets = {"clean": images, "hidden@2": hidden_shift(images, seed=0)}
@@ -54,6 +78,8 @@ def shifted_sets(images: np.ndarray) -> dict[str, np.ndarray]:
         sets[f"{part} alone"] = hidden_shift(images, seed=0, shift=replace(NOTHING, **fields))
     for op in PIXEL_OPS:
         sets[f"op {op} alone"] = hidden_shift(images, seed=0, shift=replace(NOTHING, ops_per_image=1), ops=(op,))
+    for part in GEOMETRY_PARTS:
+        sets[f"geometry: {part} alone"] = geometry_part(images, part)
     return sets
 
 

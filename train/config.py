@@ -33,6 +33,9 @@ AUGMENT_PRESETS: dict[str, Preset] = {
                   "(bench/ablate_shift.py)", (*V3_PARTS, "erase")),
     "v3ef": Preset("v3e + in 15% of the images the values up to a random level mirrored: a solarised image as the "
                    "zip's tone repair hands it to the network (the CPU preset's)", (*V3_PARTS, "dark_fold", "erase")),
+    "v3efw": Preset("v3ef with wider zoom (x0.7-1.4) and shifts (+-15%): zoom is the calibrated shift's costliest "
+                    "part once the zip repairs erased boxes and tone ops (bench/hidden_components.py)",
+                    ("dihedral", "geometry_wide", *V3_PARTS[2:], "dark_fold", "erase")),
     "v3t": Preset("v3e + one of solarization, histogram equalisation or greyscale in 30% of the images "
                   "(the RandAugment ops v3 leaves out)", (*V3_PARTS, "tone", "erase")),
     "v3tw": Preset("v3t with wider zoom (x0.7-1.4) and shifts (+-15%): the ablation's best line on the calibrated "

@@ -33,8 +33,9 @@ TIMED_BATCHES = (3, 13)  # batches [3, 13) of a stage's first epoch time a step 
 # (about 14 passes' worth with every view) + 28 s of process starts, imports and shifted copies; the training
 # command's own start and finish took 13 s more. A training validation pass (1.06 s) stands in for a
 # packaging pass (0.91 s there): the reserve errs long, not short.
-# Image repair (tone repair, then the erased-box fill) since added about 26 passes (every view of the ~2.03
-# sets' worth of images it changes).
+# Image repair (the erased-box fill, then tone repair) since added about 26 passes (every view of the ~2.03
+# sets' worth of images it changes): with it, a run with a 0.60 s validation pass kept 224 s and used 180 s
+# (bench/results/train_cpu_56_wide.json: 12 s finishing the run, 168 s packaging).
 SELECTION_PASSES_PER_NETWORK = 134.39  # choosing the TTA: these scale with the images it is chosen on
 CHECK_PASSES_PER_NETWORK = 14.0  # the zip's checks
 PACKAGE_PASSES_PER_NETWORK = SELECTION_PASSES_PER_NETWORK + CHECK_PASSES_PER_NETWORK

@@ -7,7 +7,7 @@ Keras 3.4 / TensorFlow 2.17 (the likely CodaBench server).
 
 Files next to this one (written by ``bcsub package``):
 - ``bcsub_submission.json``: the members, their ensemble weights, the TTA views (with BatchNorm adaptation
-  and tone repair, when on) and the batch size;
+  and image repair, when on) and the batch size;
 - ``member_K.weights.npz``: the weights of member K, in ``model.get_weights()`` order.
 """
 

@@ -47,26 +47,27 @@ PARTS = {
 
 
 # The geometry of the calibrated shift (tools/shift/hidden.py at geometry 1.0) one transform at a time, each at
-# a uniform random strength up to its full range: rotation +-45 degrees, shear +-0.3, zoom in x1..1.4, zoom out
-# x0.71..1, shift +-15% (reflect fill, as there).
+# a uniform random strength up to its full range (``MAX_ROTATION_DEG`` ... ``MAX_SHIFT``; zoom in x1..1.4, zoom
+# out x0.71..1; reflect fill, as there).
 GEOMETRY_PARTS = ("rotation", "shear", "zoom in", "zoom out", "shift")
 
 
 def geometry_part(images: np.ndarray, part: str, seed: int = 0) -> np.ndarray:
     """``images`` (n,H,W,3) uint8 under one transform of ``GEOMETRY_PARTS``."""
+    from tools.shift.hidden import MAX_ROTATION_DEG, MAX_SHEAR, MAX_SHIFT, MAX_ZOOM
     from tools.shift.ops import rotation, to_uint8, warp_affine
 
     n, h, w, _ = images.shape
     u = np.random.default_rng(seed).uniform(-1, 1, (4, n))
     mat, shift = np.tile(np.eye(2), (n, 1, 1)), np.zeros((n, 2))
     if part == "rotation":
-        mat = rotation(np.deg2rad(u[0] * 45))
+        mat = rotation(np.deg2rad(u[0] * MAX_ROTATION_DEG))
     elif part == "shear":
-        mat[:, 0, 1] = u[1] * 0.3
+        mat[:, 0, 1] = u[1] * MAX_SHEAR
     elif part in ("zoom in", "zoom out"):
-        mat *= (1.4 ** (np.abs(u[2]) * (-1 if part == "zoom in" else 1)))[:, None, None]
+        mat *= ((1 + MAX_ZOOM) ** (np.abs(u[2]) * (-1 if part == "zoom in" else 1)))[:, None, None]
     else:
-        shift = u[2:].T * 0.15 * np.array([h, w])
+        shift = u[2:].T * MAX_SHIFT * np.array([h, w])
     return to_uint8(warp_affine(images, mat, shift))
 
 
@@ -96,7 +97,7 @@ def main() -> None:
     if not (DATA / "pbc96_val.npz").is_file():
         print(f"skip: {DATA} not found")
         return
-    from submission.model import DIHEDRAL_VIEWS, BatchNormAdaptation, ImageRepair, ToneRepair, TTAEnsemble
+    from submission.model import DIHEDRAL_VIEWS, BatchNormAdaptation, ImageRepair, TTAEnsemble
     from tools.package import load_models
     from train.atomic import write_json
     from train.runs import find_members
@@ -115,8 +116,8 @@ def main() -> None:
         clean_train = train_images[np.sort(np.random.default_rng(0).permutation(len(train_images))
                                            [:args.recalibrate_bn])]
     if args.tone_repair or args.repair:
-        reference = ToneRepair.from_images(train_images[np.random.default_rng(1).permutation(len(train_images))[:2000]])
-        repair = ImageRepair(reference.reference, fill_erased=args.repair)
+        repair = ImageRepair.from_images(train_images[np.random.default_rng(1).permutation(len(train_images))[:2000]],
+                                         fill_erased=args.repair)
     for run in args.runs:
         models = load_models(find_members(run))
         for model in models if clean_train is not None else []:

@@ -500,11 +500,17 @@ class ErasedBoxFill:
     FULL = 0.98
     RING = 2  # width, in pixels, of the frame around the box whose mean fills it
 
+    @staticmethod
+    def grey(x: np.ndarray) -> np.ndarray:
+        """Where R = G = B, for images (..., H, W, 3)."""
+        return (x[..., 0] == x[..., 1]) & (x[..., 1] == x[..., 2])
+
     @classmethod
-    def box(cls, image: np.ndarray) -> tuple[int, int, int, int] | None:
-        """(y0, y1, x0, x1) of the erased box of one float32 (H, W, 3) image, or None."""
+    def box(cls, image: np.ndarray, grey: np.ndarray | None = None) -> tuple[int, int, int, int] | None:
+        """(y0, y1, x0, x1) of the erased box of one float32 (H, W, 3) image (``grey``: its ``grey`` mask,
+        when already known), or None."""
         h, w, _ = image.shape
-        grey = (image[..., 0] == image[..., 1]) & (image[..., 1] == image[..., 2])
+        grey = cls.grey(image) if grey is None else grey
         if grey.sum() < cls.MIN_SIDE**2:
             return None
         values, counts = np.unique(image[..., 0][grey], return_counts=True)
@@ -521,9 +527,9 @@ class ErasedBoxFill:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """The filled copy of a float32 chunk (n, H, W, 3) of 0..255 pixels (``x`` is left as it was)."""
         out = x.copy()
-        grey_pixels = ((x[..., 0] == x[..., 1]) & (x[..., 1] == x[..., 2])).reshape(len(x), -1).sum(axis=1)
-        for i in np.flatnonzero(grey_pixels >= self.MIN_SIDE**2):
-            box = self.box(x[i])
+        grey = self.grey(x)
+        for i in np.flatnonzero(grey.reshape(len(x), -1).sum(axis=1) >= self.MIN_SIDE**2):
+            box = self.box(x[i], grey[i])
             if box is None:
                 continue
             y0, y1, x0, x1 = box

@@ -55,6 +55,10 @@ PIXEL_OPS: tuple[str, ...] = (
 )  # fmt: skip
 
 
+# The geometry at strength 1.0: rotation up to +-45 degrees, shear up to +-0.3, zoom x(1 + 0.4)^[-1, 1], shift up
+# to +-15% of the side; a strength g scales each (the zoom's 0.4 too).
+MAX_ROTATION_DEG, MAX_SHEAR, MAX_ZOOM, MAX_SHIFT = 45.0, 0.3, 0.4, 0.15
+
 # The HiddenShift fields in 0..1 that a suite level multiplies (ops_per_image is rounded instead).
 SCALED_STRENGTHS = ("magnitude", "colour", "tone", "geometry", "overlay_prob", "cutout_prob")
 
@@ -156,9 +160,10 @@ def _hidden(x: np.ndarray, p: HiddenShift, rng: np.random.Generator, ops: tuple[
     x8 = to_uint8(colour.apply())
 
     shear = np.tile(np.eye(2), (n, 1, 1))
-    shear[:, 0, 1] = u_geo[2] * 0.3 * g
-    mat = dihedral(dih) @ rotation(np.deg2rad(u_geo[0] * 45 * g)) @ shear / ((1 + 0.4 * g) ** u_geo[1])[:, None, None]
-    xf = warp_affine(x8, mat, u_geo[3:].T * 0.15 * g * np.array([h, w]))
+    shear[:, 0, 1] = u_geo[2] * MAX_SHEAR * g
+    mat = (dihedral(dih) @ rotation(np.deg2rad(u_geo[0] * MAX_ROTATION_DEG * g)) @ shear
+           / ((1 + MAX_ZOOM * g) ** u_geo[1])[:, None, None])
+    xf = warp_affine(x8, mat, u_geo[3:].T * MAX_SHIFT * g * np.array([h, w]))
 
     drawn = np.zeros((n, len(ops)), bool)
     drawn[np.arange(n)[:, None], order[:, :p.ops_per_image]] = True

@@ -6,8 +6,8 @@ were trained and tested. It imports only numpy, tensorflow and keras, and keeps 
 Keras 3.4 / TensorFlow 2.17 (the likely CodaBench server).
 
 Files next to this one (written by ``bcsub package``):
-- ``bcsub_submission.json``: the members, their ensemble weights, the TTA views (with BatchNorm adaptation
-  and image repair, when on) and the batch size;
+- ``bcsub_submission.json``: the members, their ensemble weights, the TTA views (with BatchNorm adaptation,
+  image repair and the zoom undo, when on) and the batch size;
 - ``member_K.weights.npz``: the weights of member K, in ``model.get_weights()`` order.
 """
 
@@ -563,8 +563,99 @@ class ImageRepair:
         return self.tone(self.fill(x) if self.fill else x)
 
 
-def network_input(chunk: np.ndarray, scale: float = 1.0, repair: ImageRepair | None = None) -> np.ndarray:
-    """What the networks get of a chunk of ``X``: ``clean_pixels``, then repaired when ``repair`` is on."""
+def stage_features(model) -> keras.Model:
+    """(n, 96, 96, 3) pixels -> (n, F): the mean and standard deviation over the image of every channel of the
+    last feature map of each resolution stage of ``model``'s backbone (the layers before it run first)."""
+    names = [layer.name for layer in model.layers]
+    backbone = model.get_layer("backbone")
+    last_at_side = {}  # side -> the last 4-D output of that side (in layer order)
+    for layer in backbone.layers[1:]:
+        if len(layer.output.shape) == 4:
+            last_at_side[layer.output.shape[1]] = layer.output
+    stages = list(last_at_side.values())
+    taps = keras.Model(backbone.inputs, stages)
+    x = keras.Input(IMAGE_SHAPE)
+    h = x
+    for layer in model.layers[1:names.index("backbone")]:  # resize / preprocessing, called anew (not their outputs)
+        h = layer(h)
+    maps = taps(h)
+    pooled = [keras.ops.concatenate([keras.ops.mean(m, axis=(1, 2)), keras.ops.std(m, axis=(1, 2))], axis=-1)
+              for m in (maps if isinstance(maps, (list, tuple)) else [maps])]
+    return keras.Model(x, keras.ops.concatenate(pooled, axis=-1) if len(pooled) > 1 else pooled[0])
+
+
+def rescale_about_centre(x, log_zoom):
+    """Each image of a float32 batch (n, H, W, 3) magnified by exp(-log_zoom) about its centre (bilinear,
+    reflected at the border): it undoes a zoom by exp(log_zoom); 0 leaves an image exactly as it was."""
+    z = tf.exp(tf.cast(log_zoom, tf.float32))
+    centre = (tf.cast(tf.shape(x)[1], tf.float32) - 1.0) / 2.0  # square images
+    zero = tf.zeros_like(z)
+    transforms = tf.stack([z, zero, centre * (1.0 - z), zero, z, centre * (1.0 - z), zero, zero], axis=1)
+    return tf.raw_ops.ImageProjectiveTransformV3(images=x, transforms=transforms, output_shape=tf.shape(x)[1:3],
+                                                 fill_value=0.0, interpolation="BILINEAR", fill_mode="REFLECT")
+
+
+class ZoomUndo:
+    """Undo the zoom of a magnified or shrunk image before the networks see it.
+
+    A cell's size in the picture is part of what tells the classes apart (a platelet is small, a monocyte
+    large), so a zoomed test image misleads the networks. A linear regressor (``coef``, ``intercept``, fitted
+    by ``bcsub package`` on training images that it zoomed and augmented) reads the log zoom off the
+    backbone's stage statistics (``stage_features`` of one member); an image whose estimate is beyond
+    ``threshold`` is rescaled about its centre to undo it (``rescale_about_centre``); the rest pass as they
+    are. Runs chunk by chunk, after ``ImageRepair``. ``model`` should be a copy of the member that no
+    BatchNorm adaptation touches (``load_ensemble`` loads one).
+    """
+
+    THRESHOLD = 0.2  # in log zoom: chosen on pbc96_val (see bench/results/zoom_undo_val.json)
+
+    def __init__(self, model, coef, intercept: float, threshold: float = THRESHOLD):
+        self.coef = np.asarray(coef, np.float32)
+        self.intercept, self.threshold = float(intercept), float(threshold)
+        features = stage_features(model)
+        signature = [tf.TensorSpec([None, *IMAGE_SHAPE], tf.float32)]
+        self._features = tf.function(lambda x: features(x, training=False), input_signature=signature,
+                                     reduce_retracing=True)
+
+    def to_json(self) -> dict:
+        return {"coef": np.round(self.coef, 6).tolist(), "intercept": round(self.intercept, 6),
+                "threshold": self.threshold}
+
+    def features(self, x: np.ndarray) -> np.ndarray:
+        return self._features(tf.constant(x, tf.float32)).numpy()
+
+    def estimate(self, x: np.ndarray) -> np.ndarray:
+        """The estimated log zoom of each image of a float32 chunk (n, H, W, 3) of 0..255 pixels."""
+        return self.features(x) @ self.coef + self.intercept if len(x) else np.zeros(0, np.float32)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """The copy of a float32 chunk with the zoom undone where the estimate is beyond the threshold."""
+        out = np.array(x, np.float32)
+        estimate = self.estimate(out)
+        moved = np.flatnonzero(np.abs(estimate) > self.threshold)
+        if len(moved):
+            out[moved] = rescale_about_centre(tf.constant(out[moved]), estimate[moved]).numpy()
+        return out
+
+
+class Preparation:
+    """What happens to each chunk before the views: ``ImageRepair``, then ``ZoomUndo`` (each when on)."""
+
+    def __init__(self, repair: ImageRepair | None = None, zoom: ZoomUndo | None = None):
+        self.steps = [step for step in (repair, zoom) if step is not None]
+
+    def __bool__(self) -> bool:
+        return bool(self.steps)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        for step in self.steps:
+            x = step(x)
+        return x
+
+
+def network_input(chunk: np.ndarray, scale: float = 1.0, repair=None) -> np.ndarray:
+    """What the networks get of a chunk of ``X``: ``clean_pixels``, then ``repair`` (an ``ImageRepair`` or a
+    ``Preparation``) when given."""
     pixels = clean_pixels(chunk, scale)
     return repair(pixels) if repair else pixels
 
@@ -629,7 +720,7 @@ class BatchNormAdaptation:
             layer.moving_mean.assign(mean.astype(np.float32))
             layer.moving_variance.assign(np.maximum(second - mean ** 2, 0.0).astype(np.float32))
 
-    def adapt(self, X, scale: float = 1.0, repair: ImageRepair | None = None) -> None:
+    def adapt(self, X, scale: float = 1.0, repair=None) -> None:
         """Adapt to the (n, 96, 96, 3) images ``X`` (from the training statistics, whatever came before);
         ``scale``: see ``clean_pixels``; ``repair``: applied to each chunk first, as the ensemble does."""
         self.restore()
@@ -654,9 +745,11 @@ class TTAEnsemble:
     def __init__(self, models: list, member_weights: list[float] | None = None,
                  views: list[str] | tuple[str, ...] | int = ("identity",),
                  batch_size: int = DEFAULT_BATCH_SIZE, adapt_bn: float | None = None,
-                 repair: ImageRepair | None = None):
+                 repair: ImageRepair | None = None, zoom: ZoomUndo | None = None):
         self.models = list(models)
-        self.repair = repair  # None: off, else applied to every chunk before the views (and the adaptation)
+        # repair, zoom: None = off, else applied to every chunk before the views (and the adaptation)
+        self.repair, self.zoom = repair, zoom
+        self.prepare = Preparation(repair, zoom) or None
         # adapt_bn: None = off, else the prior (in images) of BatchNormAdaptation, applied per predict call
         self.adaptations = [BatchNormAdaptation(m, adapt_bn) for m in self.models] if adapt_bn else []
         self.adapt_bn = adapt_bn
@@ -698,7 +791,7 @@ class TTAEnsemble:
     def _chunks(self, X: np.ndarray, scale: float):
         """Float32 chunks of 0..255 pixels (see ``clean_pixels``), tone-repaired when that is on."""
         for start in range(0, len(X), self.chunk_size):
-            yield start, tf.constant(network_input(X[start:start + self.chunk_size], scale, self.repair))
+            yield start, tf.constant(network_input(X[start:start + self.chunk_size], scale, self.prepare))
 
     def _adapted(self, X, fill) -> np.ndarray:
         """``fill(X, scale)`` run on ``X`` as a batch (see ``as_image_batch``) with every member adapted to it
@@ -706,7 +799,7 @@ class TTAEnsemble:
         X = as_image_batch(X)
         scale = self._pixel_scale(X)
         for adaptation in self.adaptations:
-            adaptation.adapt(X, scale, self.repair)
+            adaptation.adapt(X, scale, self.prepare)
         try:
             return fill(X, scale)
         finally:
@@ -739,7 +832,7 @@ def load_ensemble(directory: str) -> TTAEnsemble:
     """Load the members and TTA settings described by ``bcsub_submission.json`` in ``directory``."""
     with open(os.path.join(directory, MANIFEST_NAME)) as handle:
         manifest = json.load(handle)
-    members = manifest["members"]
+    members, zoom = manifest["members"], manifest["tta"].get("zoom")
     return TTAEnsemble(
         [load_member(directory, entry) for entry in members],
         [float(entry.get("weight", 1.0)) for entry in members],
@@ -747,6 +840,7 @@ def load_ensemble(directory: str) -> TTAEnsemble:
         int(manifest.get("batch_size", DEFAULT_BATCH_SIZE)),
         manifest["tta"].get("adapt_bn"),
         ImageRepair(**manifest["tta"]["repair"]) if manifest["tta"].get("repair") else None,
+        ZoomUndo(load_member(directory, members[0]), **zoom) if zoom else None,  # its own copy: never adapted
     )
 
 

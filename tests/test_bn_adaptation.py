@@ -136,8 +136,8 @@ def test_only_adaptation_that_helps_on_shifted_data_at_little_clean_cost_is_elig
 
 @pytest.mark.slow
 def test_adaptation_and_image_repair_run_under_keras_3_4(net, sample_test, tmp_path):
-    """The adapted, image-repairing runtime (erased boxes filled, tone ops undone) uses only what Keras 3.4.1 /
-    TF 2.17 / numpy 1.26 have, and computes the same there."""
+    """The adapted, image-repairing, zoom-undoing runtime (erased boxes filled, tone ops undone, zooms undone) uses
+    only what Keras 3.4.1 / TF 2.17 / numpy 1.26 have, and computes the same there."""
     from tools.compat_env import compat_python
 
     shutil.copyfile(runtime.__file__, tmp_path / "model.py")
@@ -148,15 +148,30 @@ def test_adaptation_and_image_repair_run_under_keras_3_4(net, sample_test, tmp_p
     images[::2] = np.where(images[::2] >= 200, 255 - images[::2], images[::2])  # solarised at 200
     images[1::4, 10:40, 30:60] = 77  # erased boxes
     np.save(tmp_path / "x.npy", images)
+    zoom = runtime.ZoomUndo(net, np.zeros(1), 0.0)
+    features = zoom.features(repair(images.astype(np.float32)))
+    coef = np.random.default_rng(0).normal(size=features.shape[1])
+    estimate = features @ coef
+    zoom.coef = (0.3 / estimate.std() * coef).astype(np.float32)  # estimates spread 0.3 about 0
+    zoom.intercept = float(-0.3 * estimate.mean() / estimate.std())
+    moved = np.abs(zoom.estimate(repair(images.astype(np.float32)))) > zoom.threshold
+    assert 0 < moved.sum() < len(images)  # some images are rescaled, some not
+    np.save(tmp_path / "coef.npy", zoom.coef)
     script = (
         "import sys, numpy as np; sys.path.insert(0, sys.argv[1]); import model as m\n"
         "net = m.build_network({'backbone': 'tinycnn'}); m.load_weights(net, sys.argv[1] + '/w.npz')\n"
         "repair = m.ImageRepair(np.load(sys.argv[1] + '/ref.npy'), fill_erased=True)\n"
-        "p = m.TTAEnsemble([net], views=('identity', 'rot90'), adapt_bn=16.0, repair=repair).predict_proba("
+        "copy = m.build_network({'backbone': 'tinycnn'}); m.load_weights(copy, sys.argv[1] + '/w.npz')\n"
+        f"zoom = m.ZoomUndo(copy, np.load(sys.argv[1] + '/coef.npy'), {zoom.intercept!r})\n"
+        "p = m.TTAEnsemble([net], views=('identity', 'rot90'), adapt_bn=16.0, repair=repair, zoom=zoom).predict_proba("
         "np.load(sys.argv[1] + '/x.npy'))\nnp.save(sys.argv[1] + '/p.npy', p)\n")
     (tmp_path / "run.py").write_text(script)
     proc = subprocess.run([str(compat_python()), str(tmp_path / "run.py"), str(tmp_path)], capture_output=True,
                           text=True, timeout=900, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    here = runtime.TTAEnsemble([net], views=("identity", "rot90"), adapt_bn=16.0, repair=repair).predict_proba(images)
+    copy = runtime.build_network({"backbone": "tinycnn"})
+    runtime.load_weights(copy, str(tmp_path / "w.npz"))
+    zoom = runtime.ZoomUndo(copy, zoom.coef, zoom.intercept)
+    here = runtime.TTAEnsemble([net], views=("identity", "rot90"), adapt_bn=16.0, repair=repair,
+                               zoom=zoom).predict_proba(images)
     np.testing.assert_allclose(np.load(tmp_path / "p.npy"), here, atol=1e-4)

@@ -103,3 +103,8 @@ def test_check_command_passes_a_good_zip(packaged_zip):
     proc = run_cli("check", str(packaged_zip[0]))
     assert proc.returncode == 0, proc.stderr
     assert "passed" in proc.stdout and "deterministic" in proc.stdout
+
+
+def test_package_names_the_zoom_undo_rules(tmp_path, trained_run):
+    line = _error_line(run_cli("package", str(trained_run), "--out", str(tmp_path / "s.zip"), "--zoom-undo", "always"))
+    assert "--zoom-undo rule" in line and "auto, on, off" in line and not (tmp_path / "s.zip").exists()

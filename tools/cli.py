@@ -86,6 +86,9 @@ def package(
     tta_share: Annotated[float | None, typer.Option(
         help="Share of the validation images to choose TTA on (default: what the run's time plan left time "
              "for, else all)")] = None,
+    zoom_undo: Annotated[str, typer.Option(
+        help="auto: ship the zoom undo where it raises the shifted validation score at <= 0.2 clean points; on: "
+             "wherever it raises the shifted score (a heavily zoomed hidden set); off: do not try it")] = "auto",
 ) -> None:
     """Build the CodaBench zip and validate it in a fresh process."""
     from tools.display import checks_table, console, print_warnings, tta_table
@@ -93,7 +96,7 @@ def package(
     from tools.package import package as build
 
     options = PackageOptions([str(p) for p in run_dirs], str(out), tta, str(val) if val else None, batch_size,
-                             check_env, tta_share=tta_share)
+                             check_env, tta_share=tta_share, zoom_undo=zoom_undo)
     report = build(options, progress=lambda msg: console.print(f"[dim]{msg}[/]"))
     if report.tta:
         console.print(tta_table(report.tta))

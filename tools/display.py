@@ -54,12 +54,12 @@ def per_class_table(metrics: dict, title: str) -> Table:
 
 def tta_table(choice) -> Table:
     table = Table(title="TTA choice (validation accuracy, clean and shifted)")
-    for column in ("views", "n", "members", "repair", "BN adapt", "clean", "shifted", "score", ""):
+    for column in ("views", "n", "members", "repair", "zoom", "BN adapt", "clean", "shifted", "score", ""):
         table.add_column(column)
     for row in choice.table:
         mark = "<- chosen" if row.get("chosen") else ("" if row.get("eligible", True) else "not eligible")
-        table.add_row(row["name"], str(row["views"]), row["weighting"], "on" if row.get("repair") else "off",
-                      "on" if row.get("adapt_bn") else "off", _pct(row["clean"]), _pct(row["shifted"]),
+        on = ["on" if row.get(option) else "off" for option in ("repair", "zoom", "adapt_bn")]
+        table.add_row(row["name"], str(row["views"]), row["weighting"], *on, _pct(row["clean"]), _pct(row["shifted"]),
                       _pct(row["score"]), mark)
     return table
 

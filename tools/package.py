@@ -19,7 +19,7 @@ import submission.model as runtime
 from tools.edge_cases import check_edge_cases
 from tools.equivalence import check_equivalence, import_runtime, member_name
 from tools.eval_data import EvalData, planned_selection_share, validation_data
-from tools.tta_select import CANDIDATE_VIEW_SETS, TTAChoice, choose_tta, shifted_eval_sets
+from tools.tta_select import CANDIDATE_VIEW_SETS, ZOOM_UNDO_RULES, TTAChoice, choose_tta, shifted_eval_sets
 from tools.validate import (
     CODABENCH_TIME_LIMIT_S,
     PROJECTED_IMAGES,
@@ -28,8 +28,9 @@ from tools.validate import (
     first_failure,
     validate_zip,
 )
+from tools.zoom_fit import zoom_fitter
 from train.atomic import atomic_output, check_output
-from train.errors import BcsubError
+from train.errors import BcsubError, check_choices
 from train.planner import MAX_PACKAGE_SHARE
 from train.runs import Member, find_members, read_equivalence
 
@@ -49,6 +50,7 @@ class PackageOptions:
     check_env: bool = False
     seed: int = 0
     tta_share: float | None = None  # of the validation images to choose TTA on; None: the runs' time plans'
+    zoom_undo: str = "auto"  # ZOOM_UNDO_RULES: when --tta auto ships the zoom undo
 
 
 @dataclass
@@ -79,10 +81,15 @@ class TTAPlan:
     def repair(self) -> runtime.ImageRepair | None:
         return self.choice.repair if self.choice else None
 
+    @property
+    def zoom(self) -> runtime.ZoomUndo | None:
+        return self.choice.zoom if self.choice else None
+
 
 def package(options: PackageOptions, progress=print) -> PackageReport:
     """Build, validate (and optionally check under the server's versions), then publish the zip."""
     resolve_views(options.tta)
+    check_choices([options.zoom_undo], ZOOM_UNDO_RULES, "--zoom-undo rule")
     out = output_zip(options.out)
     members = find_run_members(options.run_dirs)
     progress(f"loading {len(members)} member(s)")
@@ -93,7 +100,7 @@ def package(options: PackageOptions, progress=print) -> PackageReport:
     share = selection_share(options)
     data, reason = validation_data(members, options.val, options.seed, share) \
         if options.tta == "auto" or options.val else (None, None)
-    tta = plan_tta(models, data, options, progress, reason)
+    tta = plan_tta(models, members, data, options, progress, reason, share)
     if share < 1.0 and tta.choice is not None:
         why = "--tta-share" if options.tta_share is not None else \
             f"the time plan kept packaging within {MAX_PACKAGE_SHARE:.0%} of --time-budget"
@@ -171,8 +178,8 @@ def resolve_views(tta: str) -> tuple[str, ...] | None:
         raise BcsubError(f"--tta {tta}: {err}; use auto, 1..8, or view names") from None
 
 
-def plan_tta(models: list, data: EvalData | None, options: PackageOptions, progress=print,
-             reason: str | None = None) -> TTAPlan:
+def plan_tta(models: list, members: list[Member], data: EvalData | None, options: PackageOptions, progress=print,
+             reason: str | None = None, share: float = 1.0) -> TTAPlan:
     """The views named by --tta; for 'auto', the views and member weights scored best on the validation
     data and shifted copies of it (the 8 dihedral views, uniform, without validation data: ``reason``)."""
     uniform = [1.0 / len(models)] * len(models)
@@ -183,8 +190,11 @@ def plan_tta(models: list, data: EvalData | None, options: PackageOptions, progr
         return TTAPlan(runtime.DIHEDRAL_VIEWS, uniform,
                        notes=[f"{reason or 'no validation data'}; using the 8 dihedral TTA views"])
     progress(f"choosing TTA views and member weights on {len(data.data)} images of {data.source} + shifts")
-    choice = choose_tta(models, shifted_eval_sets(data.data, options.seed), options.batch_size, data.usable)
-    return TTAPlan(choice.views, choice.member_weights, choice)
+    fit_zoom, note = zoom_fitter(models[0], members, options.seed, progress, share) if options.zoom_undo != "off" \
+        else (None, None)
+    choice = choose_tta(models, shifted_eval_sets(data.data, options.seed), options.batch_size, data.usable, fit_zoom,
+                        zoom_max_clean_cost=ZOOM_UNDO_RULES[options.zoom_undo] or 0.0)
+    return TTAPlan(choice.views, choice.member_weights, choice, [note] if note else [])
 
 
 def fit_time_limit(tta: TTAPlan, models: list, probe: np.ndarray, batch_size: int) -> tuple[TTAPlan, np.ndarray]:
@@ -218,7 +228,7 @@ def probe_images(data: EvalData | None, members: list[Member], seed: int) -> np.
 
 def timed_predict(models: list, tta: TTAPlan, batch_size: int, probe: np.ndarray) -> tuple[np.ndarray, float]:
     """In-process labels for ``probe`` and the seconds per image they took (after a warm-up)."""
-    ensemble = runtime.TTAEnsemble(models, tta.weights, tta.views, batch_size, tta.adapt_bn, tta.repair)
+    ensemble = runtime.TTAEnsemble(models, tta.weights, tta.views, batch_size, tta.adapt_bn, tta.repair, tta.zoom)
     ensemble.predict(probe[:8])
     start = time.perf_counter()
     labels = ensemble.predict(probe)
@@ -266,6 +276,7 @@ def stage_files(staging: Path, members: list[Member], tta: TTAPlan, batch_size: 
         "members": entries,
         "tta": {"views": list(tta.views), "adapt_bn": tta.adapt_bn,
                 "repair": tta.repair.to_json() if tta.repair else None,
+                "zoom": tta.zoom.to_json() if tta.zoom else None,
                 "selection": tta.choice.table if tta.choice else None},
         "batch_size": batch_size,
         "built_with": {"keras": keras.__version__},

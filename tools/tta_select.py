@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from submission.model import DIHEDRAL_VIEWS, BatchNormAdaptation, ImageRepair, TTAEnsemble, views_in
+from submission.model import DIHEDRAL_VIEWS, BatchNormAdaptation, ImageRepair, TTAEnsemble, ZoomUndo, views_in
 from tools.shift.suite import apply_variant, make_variant
 from train.data import Dataset
 
@@ -25,6 +26,8 @@ EVAL_SHIFTS = (("hidden", "hidden", 1), ("hidden", "hidden", 2), ("hidden", "hid
 # statistics; and how much clean accuracy it may cost (it must also raise the shifted accuracy).
 ADAPT_PRIOR = 256.0
 ADAPT_MAX_CLEAN_COST = 0.002
+# `bcsub package --zoom-undo`: the clean accuracy the zoom undo may cost ("on": any; "off": it is not tried).
+ZOOM_UNDO_RULES = {"auto": ADAPT_MAX_CLEAN_COST, "on": 1.0, "off": None}
 # Score differences smaller than this are noise on a few hundred validation images: among candidates
 # within it of the best, the one with the most views wins (averaging more views of a cell with no
 # natural orientation rarely hurts; the time cap in `package` limits the cost).
@@ -51,20 +54,27 @@ class TTAChoice:
     adapt_bn: float | None = None  # the BatchNorm adaptation prior, None: off
     repair: ImageRepair | None = None  # None: off
     candidate_repair: ImageRepair | None = None  # the repair the rows with "repair" were scored with
+    zoom: ZoomUndo | None = None  # None: off
+    candidate_zoom: ZoomUndo | None = None  # the zoom undo the rows with "zoom" were scored with
 
     @classmethod
-    def from_row(cls, row: dict, table: list[dict], candidate_repair: ImageRepair | None = None) -> TTAChoice:
+    def from_row(cls, row: dict, table: list[dict], candidate_repair: ImageRepair | None = None,
+                 candidate_zoom: ZoomUndo | None = None) -> TTAChoice:
         repair = candidate_repair if row.get("repair") else None
+        zoom = candidate_zoom if row.get("zoom") else None
         return cls(CANDIDATE_VIEW_SETS[row["name"]], row["weights"], table, row["adapt_bn"] or None, repair,
-                   candidate_repair)
+                   candidate_repair, zoom, candidate_zoom)
 
     def limited_to(self, max_views: int) -> TTAChoice:
         """The best candidate with at most ``max_views`` views (by the same rule)."""
-        return TTAChoice.from_row(pick_best(self.table, max_views), self.table, self.candidate_repair)
+        return TTAChoice.from_row(pick_best(self.table, max_views), self.table, self.candidate_repair,
+                                  self.candidate_zoom)
 
 
 def choose_tta(models: list, eval_sets: dict[str, tuple[np.ndarray, np.ndarray]],
-               batch_size: int = 256, usable: np.ndarray | None = None) -> TTAChoice:
+               batch_size: int = 256, usable: np.ndarray | None = None,
+               fit_zoom: Callable[[ImageRepair | None], ZoomUndo] | None = None,
+               zoom_max_clean_cost: float = ADAPT_MAX_CLEAN_COST) -> TTAChoice:
     """Score every candidate view set with uniform and accuracy-weighted members, with and without image
     repair (``ImageRepair``: an erased box filled, tone ops undone; its tone reference taken from the clean
     images), with and without test-time BatchNorm adaptation; keep the best.
@@ -74,9 +84,11 @@ def choose_tta(models: list, eval_sets: dict[str, tuple[np.ndarray, np.ndarray]]
     adapted candidate is eligible only where it raises the shifted accuracy of the same candidate without
     adaptation and costs at most ``ADAPT_MAX_CLEAN_COST`` of its clean accuracy (each set adapts to itself,
     as the hidden set will). Image repair is judged by the same rule against the same candidate without it;
-    BatchNorm adaptation is then scored on the sets as the better unadapted candidate saw them (repaired or
-    not). ``usable`` (members, n): which members may predict which image (those that did
-    not train on it: one per image for a --folds run); each image is scored on the weighted average of those.
+    then ``fit_zoom`` (the image repair chosen, or None -> a fitted ``ZoomUndo``), when given, is called and
+    the zoom undo judged by the same rule, with ``zoom_max_clean_cost`` for the clean cost. BatchNorm
+    adaptation is then scored on the sets as the best unadapted candidate saw them (repaired, zoom undone, or
+    not). ``usable`` (members, n): which members may predict which image (those that did not train on it: one
+    per image for a --folds run); each image is scored on the weighted average of those.
     """
     all_views = CANDIDATE_VIEW_SETS["dihedral8+photo"]
     labels = {name: y for name, (_, y) in eval_sets.items()}
@@ -89,7 +101,7 @@ def choose_tta(models: list, eval_sets: dict[str, tuple[np.ndarray, np.ndarray]]
     if len(models) > 1:
         weightings["accuracy"] = np.maximum(member_acc - member_acc.min() + 0.01, 0.01)
 
-    def score(set_probs: dict[str, np.ndarray], adapt: float | None, repair: bool) -> list[dict]:
+    def score(set_probs: dict[str, np.ndarray], adapt: float | None, repair: bool, zoomed: bool = False) -> list[dict]:
         rows = []
         for set_name, views in CANDIDATE_VIEW_SETS.items():
             idx = [all_views.index(v) for v in views]
@@ -101,7 +113,7 @@ def choose_tta(models: list, eval_sets: dict[str, tuple[np.ndarray, np.ndarray]]
                                            == labels[name])) for name, p in set_probs.items()}
                 shifted = [a for name, a in acc.items() if name != "clean"]
                 row = {"name": set_name, "views": len(views), "weighting": weight_name, "adapt_bn": adapt,
-                       "repair": repair, "clean": acc.get("clean", float("nan")),
+                       "repair": repair, "zoom": zoomed, "clean": acc.get("clean", float("nan")),
                        "shifted": float(np.mean(shifted)) if shifted else float("nan")}
                 row["score"] = float(np.nanmean([row["clean"], row["shifted"]]))
                 row["weights"] = [float(x) for x in w]
@@ -123,26 +135,49 @@ def choose_tta(models: list, eval_sets: dict[str, tuple[np.ndarray, np.ndarray]]
         rows += score(repaired, None, True)
         _mark_repair_eligibility(rows)
     repair_on = bool(pick_best(rows).get("repair"))
+    sets = repaired_sets if repair_on else eval_sets
+    zoom = fit_zoom(repair if repair_on else None) if fit_zoom else None
+    if zoom is not None:
+        base = repaired if repair_on else plain
+        zoomed, zoom_sets = {name: p.copy() for name, p in base.items()}, {}
+        for name, (x, y) in sets.items():
+            pixels = x.astype(np.float32)
+            zoom_sets[name] = (np.concatenate([zoom(pixels[i:i + 256]) for i in range(0, len(x), 256)]), y)
+            moved = (zoom_sets[name][0] != pixels).reshape(len(x), -1).any(axis=1)
+            if moved.any():
+                zoomed[name][:, :, moved] = _view_probabilities(
+                    models, all_views, batch_size, None, {name: (zoom_sets[name][0][moved], None)})[name]
+        rows += score(zoomed, None, repair_on, zoomed=True)
+        _mark_eligibility(rows, "zoom", lambda r: bool(r.get("zoom")) and not r["adapt_bn"], zoom_max_clean_cost)
+        if pick_best(rows).get("zoom"):
+            sets = zoom_sets
     if any(BatchNormAdaptation(m, ADAPT_PRIOR).layers for m in models):
-        sets = repaired_sets if repair_on else eval_sets
-        rows += score(_view_probabilities(models, all_views, batch_size, ADAPT_PRIOR, sets), ADAPT_PRIOR, repair_on)
+        best = pick_best(rows)
+        rows += score(_view_probabilities(models, all_views, batch_size, ADAPT_PRIOR, sets), ADAPT_PRIOR,
+                      bool(best.get("repair")), bool(best.get("zoom")))
         _mark_adaptation_eligibility(rows)
-    return TTAChoice.from_row(pick_best(rows), rows, repair)
+    return TTAChoice.from_row(pick_best(rows), rows, repair, zoom)
 
 
 # The share of the validation images the image repair changes, summed over the evaluation sets (clean, hidden@1..3):
 # measured on pbc96_val, 0 + 0.44 + 0.67 + 0.92 (the erased-box fill finds the cutouts of 60% of hidden@2's images).
 REPAIRED_SETS = 2.03
+# The same for the zoom undo (the images it rescales, at its threshold 0.2): measured on pbc96_val with the CPU preset's
+# pair, 0.01 + 0.13 + 0.32 + 0.32 (bench/results/zoom_undo_val.json).
+ZOOMED_SETS = 0.78
 
 
 def selection_passes(eval_sets: int = 1 + len(EVAL_SHIFTS), adapts: bool = True,
-                     repaired_sets: float = REPAIRED_SETS) -> float:
+                     repaired_sets: float = REPAIRED_SETS, zoomed_sets: float = ZOOMED_SETS) -> float:
     """Passes over the validation images each network makes in ``choose_tta`` (an image seen in k views
     counts k times): every candidate view of every evaluation set, again for the images the image repair
-    changes (``repaired_sets`` sets' worth), and again adapted (BatchNorm networks), where each set's
-    statistics are measured once more. The time planner keeps room for them."""
+    changes (``repaired_sets`` sets' worth) and for those the zoom undo rescales (``zoomed_sets``), and again
+    adapted (BatchNorm networks), where each set's statistics are measured once more. The zoom estimate's
+    own passes (one network, one view) and its fit are ``ZOOM_FIT_PASSES`` in ``train/planner.py``. The time
+    planner keeps room for them."""
     views = len(CANDIDATE_VIEW_SETS["dihedral8+photo"])
-    return eval_sets * views * (2 if adapts else 1) + (eval_sets if adapts else 0) + views * repaired_sets
+    return (eval_sets * views * (2 if adapts else 1) + (eval_sets if adapts else 0)
+            + views * (repaired_sets + zoomed_sets))
 
 
 def _view_probabilities(models: list, views: tuple[str, ...], batch_size: int, adapt_bn: float | None,
@@ -163,20 +198,21 @@ def _mark_adaptation_eligibility(rows: list[dict]) -> None:
     _mark_eligibility(rows, "adapt_bn", lambda r: bool(r["adapt_bn"]))
 
 
-def _mark_eligibility(rows: list[dict], option: str, has_it) -> None:
+def _mark_eligibility(rows: list[dict], option: str, has_it, max_clean_cost: float = ADAPT_MAX_CLEAN_COST) -> None:
     """A row with a test-time ``option`` (``has_it(row)``) is eligible when it beats its twin without the
-    option on shifted data at little clean cost (and its twin is eligible)."""
+    option on shifted data at a clean cost of at most ``max_clean_cost`` (and its twin is eligible)."""
     def key(row: dict, drop: bool = False) -> tuple:
-        options = {"adapt_bn": row["adapt_bn"] or None, "repair": bool(row.get("repair"))}
+        options = {"adapt_bn": row["adapt_bn"] or None, "repair": bool(row.get("repair")),
+                   "zoom": bool(row.get("zoom"))}
         if drop:
             options[option] = None if option == "adapt_bn" else False
-        return row["name"], row["weighting"], options["adapt_bn"], options["repair"]
+        return row["name"], row["weighting"], options["adapt_bn"], options["repair"], options["zoom"]
 
     twins = {key(r): r for r in rows if not has_it(r)}
     for row in filter(has_it, rows):
         twin = twins[key(row, drop=True)]
         row["eligible"] = bool(twin.get("eligible", True) and row["shifted"] > twin["shifted"]
-                               and row["clean"] >= twin["clean"] - ADAPT_MAX_CLEAN_COST)
+                               and row["clean"] >= twin["clean"] - max_clean_cost)
 
 
 def shifted_eval_sets(data: Dataset, seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -36,8 +36,13 @@ TIMED_BATCHES = (3, 13)  # batches [3, 13) of a stage's first epoch time a step 
 # Image repair (the erased-box fill, then tone repair) since added about 26 passes (every view of the ~2.03
 # sets' worth of images it changes): with it, a run with a 0.60 s validation pass kept 224 s and used 180 s
 # (bench/results/train_cpu_56_wide.json: 12 s finishing the run, 168 s packaging).
-SELECTION_PASSES_PER_NETWORK = 134.39  # choosing the TTA: these scale with the images it is chosen on
+# The zoom undo since added every view of the ~ZOOMED_SETS sets' worth of images it rescales, and, once per package,
+# its fit on training images (augmenting, zooming and reading 4,000 of them; fewer, in proportion, where the TTA is
+# chosen on a share of the validation images) and its estimate on each evaluation set: ZOOM_FIT_PASSES validation
+# passes' worth: 31.6 s where a validation pass took 0.60 s, plus 4 passes (bench/results/zoom_undo_val.json).
+SELECTION_PASSES_PER_NETWORK = 144.53  # choosing the TTA: these scale with the images it is chosen on
 CHECK_PASSES_PER_NETWORK = 14.0  # the zip's checks
+ZOOM_FIT_PASSES = 57.0  # once per package, whatever the number of networks; scales with the selection share
 PACKAGE_PASSES_PER_NETWORK = SELECTION_PASSES_PER_NETWORK + CHECK_PASSES_PER_NETWORK
 FINISH_FIXED_S = 45.0
 MIN_RESERVE_S = FINISH_FIXED_S  # kept before a validation pass has been timed
@@ -85,7 +90,7 @@ def package_seconds(validation_pass_s: float, networks: int, selection_share: fl
     """The time to keep after the last epoch: finishing the run and packaging ``networks`` networks, from the
     measured time of one validation pass, with the TTA chosen on ``selection_share`` of the validation images."""
     passes = SELECTION_PASSES_PER_NETWORK * selection_share + CHECK_PASSES_PER_NETWORK
-    return FINISH_FIXED_S + passes * networks * validation_pass_s
+    return FINISH_FIXED_S + (passes * networks + ZOOM_FIT_PASSES * selection_share) * validation_pass_s
 
 
 def tta_selection_share(validation_pass_s: float, networks: int, budget_s: float) -> float:
@@ -94,7 +99,8 @@ def tta_selection_share(validation_pass_s: float, networks: int, budget_s: float
     if package_seconds(validation_pass_s, networks) <= MAX_PACKAGE_SHARE * budget_s:
         return 1.0
     fixed = package_seconds(validation_pass_s, networks, selection_share=0.0)
-    share = (MAX_PACKAGE_SHARE * budget_s - fixed) / (SELECTION_PASSES_PER_NETWORK * networks * validation_pass_s)
+    share = (MAX_PACKAGE_SHARE * budget_s - fixed) / (
+        (SELECTION_PASSES_PER_NETWORK * networks + ZOOM_FIT_PASSES) * validation_pass_s)
     return round(min(1.0, max(MIN_SELECTION_SHARE, share)), 3)
 
 
@@ -123,6 +129,7 @@ class BudgetPlanner:
     stages: list[StagePlan]
     clock: Callable[[], float] = time.monotonic
     reserve_s: float = MIN_RESERVE_S
+    once_s: float = 0.0  # the part of reserve_s that packaging spends once, whatever the members (the zoom fit)
     package_members: int = 1  # networks this member ships (2 for a snapshot pair): packaging scales with it
     selection_share: float = 1.0  # of the validation images `bcsub package` chooses the TTA on
     path: Path | None = None
@@ -185,8 +192,10 @@ class BudgetPlanner:
         room = any(s.planned < s.max_epochs for s in todo)
         return slack >= -0.5 * max(speeds) and not (room and slack > 1.5 * max(speeds))
 
-    def set_reserve(self, seconds: float) -> bool:
-        """Keep ``seconds`` for packaging; re-plan when that moves by more than ``REPLAN_CHANGE``."""
+    def set_reserve(self, seconds: float, once_s: float = 0.0) -> bool:
+        """Keep ``seconds`` for packaging (``once_s`` of them spent once per package, not per member); re-plan
+        when that moves by more than ``REPLAN_CHANGE``."""
+        self.once_s = min(once_s, seconds)
         previous, self.reserve_s = self.reserve_s, max(MIN_RESERVE_S, seconds)
         if not moved(self.reserve_s, previous):
             return False
@@ -197,7 +206,8 @@ class BudgetPlanner:
         """Size the packaging reserve (and the TTA selection share) from one validation pass's time; re-plan
         when the reserve moves by more than ``REPLAN_CHANGE``."""
         self.selection_share = tta_selection_share(seconds, self.package_members, self.budget_s)
-        return self.set_reserve(package_seconds(seconds, self.package_members, self.selection_share))
+        return self.set_reserve(package_seconds(seconds, self.package_members, self.selection_share),
+                                ZOOM_FIT_PASSES * self.selection_share * seconds)
 
     def replan(self, reason: str) -> None:
         """Choose the epochs still to run for every stage from the time left and the measured speeds."""
@@ -240,7 +250,8 @@ class BudgetPlanner:
 
     def to_json(self) -> dict:
         return {"budget_s": self.budget_s, "used_s": round(self.clock() - self.start, 1),
-                "reserve_s": round(self.reserve_s, 1), "tta_selection_share": self.selection_share,
+                "reserve_s": round(self.reserve_s, 1), "package_once_s": round(self.once_s, 1),
+                "tta_selection_share": self.selection_share,
                 "stages": [{"name": s.name, "max_epochs": s.max_epochs, "planned": s.planned, "done": s.done,
                             "finished": s.finished, "seconds_per_epoch": s.seconds_per_epoch}
                            for s in self.stages],
@@ -258,6 +269,7 @@ class BudgetPlanner:
         self.start -= float(saved.get("used_s", 0.0))
         self.history = list(saved.get("plans", []))
         self.selection_share = float(saved.get("tta_selection_share", 1.0))
+        self.once_s = float(saved.get("package_once_s", 0.0))
         by_name = {s["name"]: s for s in saved.get("stages", [])}
         for stage in self.stages:
             old = by_name.get(stage.name)
@@ -270,7 +282,8 @@ class BudgetPlanner:
 class BudgetShare:
     """``--time-budget`` shared by the members of a run still to train (each gets an equal part of what is
     left, so a member that finishes early leaves its time to the next). The time a finished member kept for
-    packaging its networks stays kept (``keep``): packaging runs once, for every member, after the last."""
+    packaging its networks stays kept (``keep``): packaging runs once, for every member, after the last (so
+    what it spends once, the zoom fit, is kept by the member still training, not again by each finished one)."""
 
     def __init__(self, minutes: float, clock: Callable[[], float] = time.monotonic):
         self.clock = clock
@@ -287,7 +300,8 @@ class BudgetShare:
         """Keep the packaging time that the member trained in ``run_dir`` planned for (its ``plan.json``)."""
         plan = run_dir / PLAN_FILE
         if self.end is not None and plan.is_file():
-            self.kept_s += float(json.loads(plan.read_text()).get("reserve_s", 0.0))
+            saved = json.loads(plan.read_text())
+            self.kept_s += float(saved.get("reserve_s", 0.0)) - float(saved.get("package_once_s", 0.0))
 
 
 class PlannedCosineDecay(keras.optimizers.schedules.LearningRateSchedule):

@@ -139,15 +139,15 @@ def choose_tta(models: list, eval_sets: dict[str, tuple[np.ndarray, np.ndarray]]
     zoom = fit_zoom(repair if repair_on else None) if fit_zoom else None
     if zoom is not None:
         base = repaired if repair_on else plain
-        zoomed, zoom_sets = {name: p.copy() for name, p in base.items()}, {}
+        zoom_probs, zoom_sets = {name: p.copy() for name, p in base.items()}, {}
         for name, (x, y) in sets.items():
             pixels = x.astype(np.float32)
             zoom_sets[name] = (np.concatenate([zoom(pixels[i:i + 256]) for i in range(0, len(x), 256)]), y)
             moved = (zoom_sets[name][0] != pixels).reshape(len(x), -1).any(axis=1)
             if moved.any():
-                zoomed[name][:, :, moved] = _view_probabilities(
+                zoom_probs[name][:, :, moved] = _view_probabilities(
                     models, all_views, batch_size, None, {name: (zoom_sets[name][0][moved], None)})[name]
-        rows += score(zoomed, None, repair_on, zoomed=True)
+        rows += score(zoom_probs, None, repair_on, zoomed=True)
         _mark_eligibility(rows, "zoom", lambda r: bool(r.get("zoom")) and not r["adapt_bn"], zoom_max_clean_cost)
         if pick_best(rows).get("zoom"):
             sets = zoom_sets

@@ -789,7 +789,7 @@ class TTAEnsemble:
         return scale
 
     def _chunks(self, X: np.ndarray, scale: float):
-        """Float32 chunks of 0..255 pixels (see ``clean_pixels``), tone-repaired when that is on."""
+        """Float32 chunks of 0..255 pixels (see ``clean_pixels``), repaired and zoom-undone when those are on."""
         for start in range(0, len(X), self.chunk_size):
             yield start, tf.constant(network_input(X[start:start + self.chunk_size], scale, self.prepare))
 

@@ -190,8 +190,9 @@ def plan_tta(models: list, members: list[Member], data: EvalData | None, options
         return TTAPlan(runtime.DIHEDRAL_VIEWS, uniform,
                        notes=[f"{reason or 'no validation data'}; using the 8 dihedral TTA views"])
     progress(f"choosing TTA views and member weights on {len(data.data)} images of {data.source} + shifts")
-    fit_zoom, note = zoom_fitter(models[0], members, options.seed, progress, share) if options.zoom_undo != "off" \
-        else (None, None)
+    # the zoom estimate reads its own copy of the first member, as the zip's does: adaptation never moves it
+    fit_zoom, note = zoom_fitter(load_models(members[:1])[0], members, options.seed, progress, share) \
+        if options.zoom_undo != "off" else (None, None)
     choice = choose_tta(models, shifted_eval_sets(data.data, options.seed), options.batch_size, data.usable, fit_zoom,
                         zoom_max_clean_cost=ZOOM_UNDO_RULES[options.zoom_undo] or 0.0)
     return TTAPlan(choice.views, choice.member_weights, choice, [note] if note else [])

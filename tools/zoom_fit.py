@@ -24,7 +24,7 @@ from train.splits import read_split
 
 FIT_IMAGES = 4000
 MIN_FIT_IMAGES = 1000  # where the TTA is chosen on a share of the validation images, the fit takes that share
-MAX_LOG_ZOOM = 0.55  # zooms x0.58..x1.73: past the calibrated shift's x0.71..x1.4 (level 2) and x0.6..x1.66 (level 3)
+MAX_LOG_ZOOM = 0.55  # zooms x0.58..x1.73: past the calibrated shift's x0.71..x1.4 (level 2) and x0.63..x1.6 (level 3)
 MAX_ROTATION_DEG = 45.0
 NUISANCE_PARTS = ("colour", "degrade", "randaugment", "tone", "erase")
 RIDGE_ALPHAS = np.logspace(-2, 4, 13)

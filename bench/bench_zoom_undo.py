@@ -63,11 +63,12 @@ def main() -> None:
             out[f"{name} seconds"] = round(time.perf_counter() - start, 1)
         return out
 
+    estimates = {name: np.abs(undo.estimate(runtime.network_input(x, 1.0, ensemble.repair)))
+                 for name, x in sets.items()}
     rows = [{"threshold": None, **accuracies(None)}]
     for threshold in THRESHOLDS:
         undo.threshold = threshold
-        moved = {f"{name} moved": float(np.mean(np.abs(undo.estimate(runtime.network_input(x, 1.0, ensemble.repair)))
-                                                > threshold)) for name, x in sets.items()}
+        moved = {f"{name} moved": float(np.mean(e > threshold)) for name, e in estimates.items()}
         rows.append({"threshold": threshold, **accuracies(undo), **moved})
         print(rows[-1], flush=True)
     result = {"zip": str(zip_path.relative_to(ROOT) if zip_path.is_relative_to(ROOT) else zip_path),

@@ -122,31 +122,18 @@ def choose_tta(models: list, eval_sets: dict[str, tuple[np.ndarray, np.ndarray]]
 
     rows = score(plain, None, False)
     repair = ImageRepair.from_images(eval_sets["clean"][0]) if "clean" in eval_sets else None
-    repaired_sets, changed = {}, {}
-    for name, (x, y) in eval_sets.items() if repair else ():
-        pixels = x.astype(np.float32)
-        repaired_sets[name] = (repair(pixels), y)
-        changed[name] = (repaired_sets[name][0] != pixels).reshape(len(x), -1).any(axis=1)
-    if any(c.any() for c in changed.values()):
-        repaired = {name: p.copy() for name, p in plain.items()}
-        subsets = {name: (repaired_sets[name][0][c], None) for name, c in changed.items() if c.any()}
-        for name, p in _view_probabilities(models, all_views, batch_size, None, subsets).items():
-            repaired[name][:, :, changed[name]] = p
-        rows += score(repaired, None, True)
-        _mark_repair_eligibility(rows)
+    sets, probs = eval_sets, plain  # as the best candidate so far sees them
+    if repair is not None:
+        repaired_sets, repaired, changed = _prepared(models, all_views, batch_size, plain, eval_sets, repair)
+        if changed:
+            rows += score(repaired, None, True)
+            _mark_repair_eligibility(rows)
     repair_on = bool(pick_best(rows).get("repair"))
-    sets = repaired_sets if repair_on else eval_sets
+    if repair_on:
+        sets, probs = repaired_sets, repaired
     zoom = fit_zoom(repair if repair_on else None) if fit_zoom else None
     if zoom is not None:
-        base = repaired if repair_on else plain
-        zoom_probs, zoom_sets = {name: p.copy() for name, p in base.items()}, {}
-        for name, (x, y) in sets.items():
-            pixels = x.astype(np.float32)
-            zoom_sets[name] = (np.concatenate([zoom(pixels[i:i + 256]) for i in range(0, len(x), 256)]), y)
-            moved = (zoom_sets[name][0] != pixels).reshape(len(x), -1).any(axis=1)
-            if moved.any():
-                zoom_probs[name][:, :, moved] = _view_probabilities(
-                    models, all_views, batch_size, None, {name: (zoom_sets[name][0][moved], None)})[name]
+        zoom_sets, zoom_probs, _ = _prepared(models, all_views, batch_size, probs, sets, zoom)
         rows += score(zoom_probs, None, repair_on, zoomed=True)
         _mark_eligibility(rows, "zoom", lambda r: bool(r.get("zoom")) and not r["adapt_bn"], zoom_max_clean_cost)
         if pick_best(rows).get("zoom"):
@@ -178,6 +165,23 @@ def selection_passes(eval_sets: int = 1 + len(EVAL_SHIFTS), adapts: bool = True,
     views = len(CANDIDATE_VIEW_SETS["dihedral8+photo"])
     return (eval_sets * views * (2 if adapts else 1) + (eval_sets if adapts else 0)
             + views * (repaired_sets + zoomed_sets))
+
+
+def _prepared(models: list, views: tuple[str, ...], batch_size: int, probs: dict[str, np.ndarray],
+              sets: dict[str, tuple[np.ndarray, np.ndarray]], step) -> tuple[dict, dict[str, np.ndarray], bool]:
+    """``sets`` passed through ``step`` (a test-time preparation: float32 chunk -> chunk), the view probabilities
+    ``probs`` with those of the images it changed computed again, and whether it changed any."""
+    prepared, out, changed_any = {}, {name: p.copy() for name, p in probs.items()}, False
+    for name, (x, y) in sets.items():
+        pixels = x.astype(np.float32)
+        after = np.concatenate([step(pixels[i:i + 256]) for i in range(0, len(x), 256)]) if len(x) else pixels
+        prepared[name] = (after, y)
+        changed = (after != pixels).reshape(len(x), -1).any(axis=1)
+        if changed.any():
+            changed_any = True
+            out[name][:, :, changed] = _view_probabilities(models, views, batch_size, None,
+                                                           {name: (after[changed], None)})[name]
+    return prepared, out, changed_any
 
 
 def _view_probabilities(models: list, views: tuple[str, ...], batch_size: int, adapt_bn: float | None,

@@ -254,3 +254,29 @@ def test_parts_outside_the_cpu_preset_keep_shape_and_range(part: str) -> None:
     out = np.concatenate(_map_batches(run, x, batch=4))
     assert out.shape == x.shape and out.min() >= 0.0 and out.max() <= 255.0
     assert (np.abs(out - x).reshape(len(x), -1).max(axis=1) > 1.0).any()
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_augmentation_computes_in_float32_under_a_mixed_precision_policy(policy: str) -> None:
+    """Training on a GPU sets mixed_float16 before the batches are made: every preset (the GPU preset's
+    hybrid included) still augments in float32, exactly as it does under float32 (same seed, same output).
+    Before the fix, every preset from v2 on failed to trace there (a float32 gain times a float16 image)."""
+    x = tf.constant(_images(8).astype(np.float32))
+    y = tf.one_hot(np.arange(8) % 8, 8)
+
+    def augmented(preset: str) -> tuple[np.ndarray, np.ndarray]:
+        images = image_augmenter(preset, seed=3)(x)
+        mixer = batch_mixer(preset, seed=3)
+        images, labels = mixer(images, y) if mixer else (images, y)
+        assert images.dtype == tf.float32 and labels.dtype == tf.float32
+        return images.numpy(), labels.numpy()
+
+    for preset in AUGMENTED:
+        reference = augmented(preset)
+        keras.mixed_precision.set_global_policy(policy)
+        try:
+            mixed = augmented(preset)
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
+        np.testing.assert_array_equal(mixed[0], reference[0], err_msg=preset)
+        np.testing.assert_array_equal(mixed[1], reference[1], err_msg=preset)

@@ -104,3 +104,29 @@ def test_a_pretrained_graph_bcsub_cannot_reproduce_fails_before_training(offline
     spec = TrainConfig(data="d", out="o", backbone="efficientnetb0", image_size=32).model_spec()
     with pytest.raises(BcsubError, match="EfficientNetB0 differently with pretrained weights"):
         build_pretrained_network(spec, "imagenet", l2=0.0, input_size=32, images=sample_test[0][:8])
+
+
+def test_the_gpu_recipe_trains_in_mixed_precision_and_packages(offline_imagenet, tmp_path):
+    """`--preset gpu` as a GPU runs it (mixed_float16 is the default there), on the CPU: ImageNet weights,
+    the frozen-backbone stage then the fine-tuning of the top layers, hybrid augmentation with CutMix/MixUp,
+    two members; MobileNetV3Small at 32 px and 64 sample images stand in for EfficientNetV2S at 224 px.
+    The run packages into a zip that `bcsub check` passes (float32 network = training graph)."""
+    from tests.conftest import SAMPLE_TRAIN, run_cli
+    from train.config import PRESETS
+    from train.trainer import run_training
+
+    offline_imagenet("mobilenetv3small")
+    out = tmp_path / "gpu"
+    cfg = TrainConfig(**{**PRESETS["gpu"], "data": str(SAMPLE_TRAIN), "out": str(out), "backbone": "mobilenetv3small",
+                         "image_size": 32, "epochs": 1, "fine_tune_epochs": 1, "fine_tune_layers": 10, "members": 2,
+                         "balance": 8, "limit": 64, "batch_size": 16, "mixed_precision": True})
+    try:
+        results = run_training(cfg)
+        assert keras.mixed_precision.global_policy().name == "float32"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert len(results) == 2
+    packaged = run_cli("package", str(out), "--out", str(tmp_path / "gpu.zip"), "--tta", "2")
+    assert packaged.returncode == 0, packaged.stdout + packaged.stderr
+    checked = run_cli("check", str(tmp_path / "gpu.zip"))
+    assert checked.returncode == 0 and "passed" in checked.stdout, checked.stdout + checked.stderr

@@ -347,3 +347,29 @@ def test_preprocessing_option_reaches_the_model_spec():
         TrainConfig.from_options("cpu", data="d", out="o", preprocessing="invert")
     with pytest.raises(BcsubError, match="efficientnetv2s keeps the preprocessing"):
         TrainConfig.from_options("gpu", data="d", out="o", preprocessing="fold")
+
+
+def test_a_member_trains_in_mixed_precision_and_ships_a_float32_network(tmp_path):
+    """What every run on a GPU does, here on the CPU: mixed_float16 from the start, a stage with the GPU preset's
+    hybrid augmentation (CutMix/MixUp too), a polish stage with the CPU preset's v3ef; both snapshots compute in
+    float32 and `bcsub check` finds them the same networks as the training graph. Before the augmentation was
+    pinned to float32, the first batch failed to trace (a float32 gain times a float16 image)."""
+    import keras
+
+    from train.data import Dataset
+    from train.fit import MemberFit
+
+    rng = np.random.default_rng(0)
+    labels = np.arange(32) % 8
+    data = Dataset(rng.integers(0, 255, (32, 96, 96, 3), dtype=np.uint8), labels, "synthetic")
+    cfg = TrainConfig(data="d", out=str(tmp_path), backbone="tinycnn", weights="none", image_size=32, batch_size=16,
+                      epochs=1, augment="hybrid", polish_epochs=1,
+                      polish_augment="v3ef", mixed_precision=True, xla="off")
+    try:
+        MemberFit(cfg, data, data, tmp_path, "tinycnn", seed=0).run()
+        assert keras.mixed_precision.global_policy().name == "float32"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert len(history_epochs(tmp_path / "history.csv")) == 2  # one epoch per stage
+    checked = run_cli("check", str(tmp_path))
+    assert checked.returncode == 0 and "passed" in checked.stdout, checked.stdout + checked.stderr

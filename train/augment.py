@@ -39,6 +39,7 @@ import tensorflow as tf
 from train.config import AUGMENT_PRESETS
 from train.errors import BcsubError, check_choices
 from train.keras_internals import op_layer, op_names, randaugment_draws, restrict_ops
+from train.precision import float32_policy
 
 VALUE_RANGE = (0.0, 255.0)
 
@@ -603,12 +604,13 @@ def image_augmenter(preset: str, seed: int = 0) -> Callable[[tf.Tensor], tf.Tens
     None for preset 'none'. Unknown preset -> BcsubError naming the allowed presets. Works eagerly
     and inside ``tf.data`` ``map`` (graph mode); random draws differ per batch and per epoch.
     """
-    layers = preset_layers(preset, seed)
-    if not layers:
-        return None
-    for layer in layers:  # built now, Keras does not trace each container symbolically first
-        layer.build((None, None, None, 3))
-    pipeline = keras.layers.Pipeline(layers, name=f"augment_{preset}")
+    with float32_policy():  # augmentation computes in float32 under a mixed-precision training policy too
+        layers = preset_layers(preset, seed)
+        if not layers:
+            return None
+        for layer in layers:  # built now, Keras does not trace each container symbolically first
+            layer.build((None, None, None, 3))
+        pipeline = keras.layers.Pipeline(layers, name=f"augment_{preset}")
 
     def run(images: tf.Tensor) -> tf.Tensor:
         out = tf.cast(pipeline(images, training=True), tf.float32)
@@ -642,8 +644,9 @@ def batch_mixer(
     if not AUGMENT_PRESETS[preset].mix:
         return None
     s = _seeds(seed + 7919)
-    cutmix = keras.layers.CutMix(factor=CUTMIX_FACTOR, seed=next(s))
-    mixup = keras.layers.MixUp(alpha=MIXUP_ALPHA, seed=next(s))
+    with float32_policy():
+        cutmix = keras.layers.CutMix(factor=CUTMIX_FACTOR, seed=next(s))
+        mixup = keras.layers.MixUp(alpha=MIXUP_ALPHA, seed=next(s))
     coin_gen = keras.random.SeedGenerator(next(s))
 
     def mix(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:

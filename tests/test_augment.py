@@ -256,8 +256,7 @@ def test_parts_outside_the_cpu_preset_keep_shape_and_range(part: str) -> None:
     assert (np.abs(out - x).reshape(len(x), -1).max(axis=1) > 1.0).any()
 
 
-@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
-def test_augmentation_computes_in_float32_under_a_mixed_precision_policy(policy: str) -> None:
+def test_augmentation_computes_in_float32_under_a_mixed_precision_policy() -> None:
     """Training on a GPU sets mixed_float16 before the batches are made: every preset (the GPU preset's
     hybrid included) still augments in float32, exactly as it does under float32 (same seed, same output).
     Before the fix, every preset from v2 on failed to trace there (a float32 gain times a float16 image)."""
@@ -273,7 +272,7 @@ def test_augmentation_computes_in_float32_under_a_mixed_precision_policy(policy:
 
     for preset in AUGMENTED:
         reference = augmented(preset)
-        keras.mixed_precision.set_global_policy(policy)
+        keras.mixed_precision.set_global_policy("mixed_float16")
         try:
             mixed = augmented(preset)
         finally:

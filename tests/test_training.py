@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -349,27 +350,32 @@ def test_preprocessing_option_reaches_the_model_spec():
         TrainConfig.from_options("gpu", data="d", out="o", preprocessing="fold")
 
 
-def test_a_member_trains_in_mixed_precision_and_ships_a_float32_network(tmp_path):
-    """What every run on a GPU does, here on the CPU: mixed_float16 from the start, a stage with the GPU preset's
-    hybrid augmentation (CutMix/MixUp too), a polish stage with the CPU preset's v3ef; both snapshots compute in
-    float32 and `bcsub check` finds them the same networks as the training graph. Before the augmentation was
-    pinned to float32, the first batch failed to trace (a float32 gain times a float16 image)."""
-    import keras
+MIRRORED_RUN = """
+import sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import train.fit
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+train.fit.make_strategy = lambda multi_worker: strategy  # what several GPUs get
+from train.config import TrainConfig
+from train.trainer import run_training
+cfg = TrainConfig(data=sys.argv[1], out=sys.argv[2], backbone="tinycnn", weights="none", image_size=32, batch_size=8,
+                  epochs=2, augment="hybrid", polish_epochs=1, polish_augment="v3ef", balance=8, limit=64,
+                  mixed_precision=True, ema_momentum=0.9, members=2)
+print("replicas", strategy.num_replicas_in_sync, "members", len(run_training(cfg)))
+"""
 
-    from train.data import Dataset
-    from train.fit import MemberFit
 
-    rng = np.random.default_rng(0)
-    labels = np.arange(32) % 8
-    data = Dataset(rng.integers(0, 255, (32, 96, 96, 3), dtype=np.uint8), labels, "synthetic")
-    cfg = TrainConfig(data="d", out=str(tmp_path), backbone="tinycnn", weights="none", image_size=32, batch_size=16,
-                      epochs=1, augment="hybrid", polish_epochs=1,
-                      polish_augment="v3ef", mixed_precision=True, xla="off")
-    try:
-        MemberFit(cfg, data, data, tmp_path, "tinycnn", seed=0).run()
-        assert keras.mixed_precision.global_policy().name == "float32"
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
-    assert len(history_epochs(tmp_path / "history.csv")) == 2  # one epoch per stage
-    checked = run_cli("check", str(tmp_path))
+def test_several_gpus_train_with_mirrored_strategy_in_mixed_precision(tmp_path):
+    """The several-GPU path on two logical CPUs: MirroredStrategy, mixed_float16, hybrid augmentation, weight
+    averaging, polish and two members; every shipped network is the training graph (`bcsub check`)."""
+    script = tmp_path / "mirrored.py"
+    script.write_text(MIRRORED_RUN)
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, str(script), str(SAMPLE_TRAIN), str(out)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=900, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0 and "replicas 2 members 2" in proc.stdout, proc.stdout + proc.stderr[-3000:]
+    assert len(find_members(out)) == 4  # two members, each with its unpolished and polished snapshot
+    checked = run_cli("check", str(out))
     assert checked.returncode == 0 and "passed" in checked.stdout, checked.stdout + checked.stderr

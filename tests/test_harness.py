@@ -162,3 +162,29 @@ def test_progress_is_reported(tmp_path):
                      progress=lambda stage, done, total: seen.append((stage, done, total)), total=3)
     assert result.ok
     assert ("prepare", 3, 3) in seen and seen[-1] == ("predict", 3, 3)
+
+
+TF_MODEL = """
+import os, numpy as np, tensorflow as tf
+class Model:
+    def predict(self, X):  # 7 where the GPUs are hidden
+        hidden = os.environ.get("CUDA_VISIBLE_DEVICES") == "-1"
+        return np.zeros(len(X), dtype=np.int64) + int(tf.reduce_sum(tf.fill([1], 7 if hidden else 0)))
+"""
+
+
+def test_the_result_says_which_device_timed_it(tmp_path):
+    """The GPUs TensorFlow saw in the child (none here; the env of the run reaches it, so CUDA_VISIBLE_DEVICES=-1
+    hides a GPU), None for a submission that never loaded TensorFlow; a GPU's times get a warning in a check."""
+    from tools.validate import ValidationReport, check_timing_device
+
+    assert run_zip(_zip(tmp_path, GOOD, {"k.txt": b"1"}), {"x": X}).gpus is None
+    (tmp_path / "tf").mkdir()
+    result = run_zip(_zip(tmp_path / "tf", TF_MODEL), {"x": X}, env={"CUDA_VISIBLE_DEVICES": "-1"})
+    assert result.ok and result.gpus == 0 and result.predictions["x"].tolist() == [7] * len(X)
+    on_cpu, on_gpu = ValidationReport(), ValidationReport()
+    check_timing_device(result.gpus, on_cpu)
+    check_timing_device(2, on_gpu)
+    assert on_cpu.checks == [] and on_gpu.ok
+    assert [(c.name, c.warning) for c in on_gpu.checks] == [("timed on", True)]
+    assert "CUDA_VISIBLE_DEVICES=-1 bcsub check" in on_gpu.checks[0].detail

@@ -113,8 +113,16 @@ def scores_table(results) -> Table:
         f"{_num(r.summary.get('projected_seconds_10000_images'), '.0f')} s (limit "
         f"{r.summary.get('time_limit_seconds', 0):.0f} s)" for r in results]))
     rows.append(("images/s", [f"{r.summary.get('images_per_second') or 0:.0f}" for r in results]))
+    rows.append(("timed on", [_device(r.summary.get("gpus")) for r in results]))
     rows.append(("peak memory MB", [f"{r.summary.get('peak_rss_mb') or 0:.0f}" for r in results]))
     for name, values in rows:
         table.add_row(name, *values)
     return table
 
+
+
+def _device(gpus: int | None) -> str:
+    """The device the times were measured on (a GPU's times flatter a CPU-only server)."""
+    if gpus is None:
+        return "-"
+    return "CPU" if gpus == 0 else f"[yellow]{gpus} GPU(s)[/]: CUDA_VISIBLE_DEVICES=-1 times the CPU"

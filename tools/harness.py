@@ -80,6 +80,7 @@ class IngestionResult:
     peak_rss_mb: float | None = None
     error: str | None = None
     versions: dict = field(default_factory=dict)
+    gpus: int | None = None  # GPUs TensorFlow saw in the child (its times are that device's); None: no TF
     variants: dict[str, dict] = field(default_factory=dict)
     predictions: dict[str, np.ndarray] = field(default_factory=dict)
     children: int = 0  # processes started: 1, plus one per input that timed out or crashed
@@ -223,6 +224,7 @@ def _merge(result: IngestionResult, end: _ChildEnd, pending: list[dict], job: Pa
     raw, limit = end.raw, result.time_limit
     if result.children == 1:
         result.init_seconds, result.versions = raw.get("init_seconds"), raw.get("versions", {})
+        result.gpus = raw.get("gpus")
         result.init_ok = raw.get("stage") in ("predict", "done")
     result.peak_rss_mb = max(result.peak_rss_mb or 0.0, raw.get("peak_rss_mb") or 0.0) or None
     sizes = {entry["name"]: entry["n"] for entry in pending}

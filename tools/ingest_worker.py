@@ -57,6 +57,12 @@ def _write(path: str, result: dict) -> None:
     os.replace(tmp, path)
 
 
+def _gpu_count() -> int | None:
+    """GPUs TensorFlow sees in this process (the timing's device), None when the submission did not load it."""
+    tf = sys.modules.get("tensorflow")
+    return len(tf.config.list_physical_devices("GPU")) if tf is not None else None
+
+
 def main(submission_dir: str, job_dir: str, attempt: str = "0") -> int:
     import numpy as np
 
@@ -86,6 +92,7 @@ def main(submission_dir: str, job_dir: str, attempt: str = "0") -> int:
         module = sys.modules.get(name)
         versions[name] = getattr(module, "__version__", None) if module else None
     result["versions"] = versions
+    result["gpus"] = _gpu_count()
     for entry in inputs:
         name = entry["name"]
         X = np.load(entry["path"], allow_pickle=False)

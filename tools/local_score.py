@@ -120,6 +120,7 @@ def summarise(result: SubmissionScore, seed: int) -> dict:
         "processes": run.children,
         "peak_rss_mb": run.peak_rss_mb,
         "versions": run.versions,
+        "gpus": run.gpus,
     }
     summary.update(expected_hidden_score(result.correct, result.variants, seed))
     return summary

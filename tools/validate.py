@@ -189,6 +189,7 @@ def validate_extracted(program: Path, probe: np.ndarray, expected: np.ndarray | 
                f"{report.seconds_per_1000:.1f} s per 1,000 images (limit {time_limit:.0f} s)"
                + ("" if report.projected_seconds <= time_limit else
                   "; use fewer TTA views (--tta) or fewer/smaller members"))
+    check_timing_device(result.gpus, report)
     if expected is not None:
         agree = float(np.mean(result.predictions["probe"] == expected))
         report.add("matches in-process prediction", agree >= 0.98,
@@ -197,6 +198,13 @@ def validate_extracted(program: Path, probe: np.ndarray, expected: np.ndarray | 
     if advisory:
         _advisory_checks(result, report)
     return result
+
+
+def check_timing_device(gpus: int | None, report: ValidationReport) -> None:
+    """A warning when the times above are a GPU's: a server without one predicts several times slower."""
+    if gpus:
+        report.add("timed on", False, f"{gpus} GPU(s): a CodaBench worker without a GPU predicts several times "
+                   "slower; `CUDA_VISIBLE_DEVICES=-1 bcsub check ZIP` times it on the CPU alone", advisory=True)
 
 
 def _advisory_checks(result: IngestionResult, report: ValidationReport) -> None:

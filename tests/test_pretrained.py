@@ -109,7 +109,8 @@ def test_a_pretrained_graph_bcsub_cannot_reproduce_fails_before_training(offline
 def test_the_gpu_recipe_trains_in_mixed_precision_and_packages(offline_imagenet, tmp_path):
     """`--preset gpu` as a GPU runs it (mixed_float16 is the default there), on the CPU: ImageNet weights,
     the frozen-backbone stage then the fine-tuning of the top layers, hybrid augmentation with CutMix/MixUp,
-    two members; MobileNetV3Small at 32 px and 64 sample images stand in for EfficientNetV2S at 224 px.
+    two members, the step XLA-compiled; MobileNetV3Small at 32 px and 64 sample images stand in for EfficientNetV2S
+    at 224 px (EfficientNetV2S itself trained so too, once, outside the suite).
     The run packages into a zip that `bcsub check` passes (float32 network = training graph)."""
     from tests.conftest import SAMPLE_TRAIN, run_cli
     from train.config import PRESETS
@@ -119,7 +120,8 @@ def test_the_gpu_recipe_trains_in_mixed_precision_and_packages(offline_imagenet,
     out = tmp_path / "gpu"
     cfg = TrainConfig(**{**PRESETS["gpu"], "data": str(SAMPLE_TRAIN), "out": str(out), "backbone": "mobilenetv3small",
                          "image_size": 32, "epochs": 1, "fine_tune_epochs": 1, "fine_tune_layers": 10, "members": 2,
-                         "balance": 8, "limit": 64, "batch_size": 16, "mixed_precision": True})
+                         "balance": 8, "limit": 64, "batch_size": 16, "mixed_precision": True,
+                         "xla": "on"})  # Keras compiles the step with XLA on a GPU
     try:
         results = run_training(cfg)
         assert keras.mixed_precision.global_policy().name == "float32"

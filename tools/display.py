@@ -120,7 +120,6 @@ def scores_table(results) -> Table:
     return table
 
 
-
 def _device(gpus: int | None) -> str:
     """The device the times were measured on (a GPU's times flatter a CPU-only server)."""
     if gpus is None:

@@ -11,11 +11,13 @@ from keras.src.legacy.saving import legacy_h5_format
 from keras.src.utils import file_utils
 
 from submission import model as runtime
+from tests.conftest import SAMPLE_TRAIN, run_cli
 from train.backbones import build_pretrained_network
-from train.config import TrainConfig
+from train.config import PRESETS, TrainConfig
 from train.errors import BcsubError
 from train.fit import training_input_size
 from train.pipeline import resize_batch
+from train.trainer import run_training
 
 PRETRAINED = sorted(name for name, b in runtime.BACKBONES.items() if b.application)
 SLOW = {"efficientnetv2m", "nasnetmobile", "convnextsmall", "efficientnetv2s"}  # about 20-40 s each here
@@ -112,10 +114,6 @@ def test_the_gpu_recipe_trains_in_mixed_precision_and_packages(offline_imagenet,
     two members, the step XLA-compiled; MobileNetV3Small at 32 px and 64 sample images stand in for EfficientNetV2S
     at 224 px (EfficientNetV2S itself trained so too, once, outside the suite).
     The run packages into a zip that `bcsub check` passes (float32 network = training graph)."""
-    from tests.conftest import SAMPLE_TRAIN, run_cli
-    from train.config import PRESETS
-    from train.trainer import run_training
-
     offline_imagenet("mobilenetv3small")
     out = tmp_path / "gpu"
     cfg = TrainConfig(**{**PRESETS["gpu"], "data": str(SAMPLE_TRAIN), "out": str(out), "backbone": "mobilenetv3small",

@@ -379,3 +379,27 @@ def test_several_gpus_train_with_mirrored_strategy_in_mixed_precision(tmp_path):
     assert len(find_members(out)) == 4  # two members, each with its unpolished and polished snapshot
     checked = run_cli("check", str(out))
     assert checked.returncode == 0 and "passed" in checked.stdout, checked.stdout + checked.stderr
+
+
+def test_the_gpu_recipe_on_a_machine_without_a_gpu_says_so_at_once(capsys):
+    """A notebook whose GPU runtime is off: `--preset gpu` warns before loading any data (this machine has no
+    GPU, so the real detection warns); with a GPU, or another recipe, nothing is said."""
+    from train.trainer import warn_gpu_recipe_on_cpu
+
+    gpu = TrainConfig.from_options("gpu", data="d", out="o")
+    assert warn_gpu_recipe_on_cpu(gpu)
+    assert "TensorFlow sees no GPU" in capsys.readouterr().err
+    assert not warn_gpu_recipe_on_cpu(gpu, gpus=1)
+    assert not warn_gpu_recipe_on_cpu(TrainConfig.from_options("cpu", data="d", out="o"), gpus=0)
+    assert capsys.readouterr().err == ""
+
+
+def test_a_run_without_a_budget_is_told_how_long_its_schedule_takes():
+    """After the step probe, a run with no --time-budget gets its epochs x the probed epoch time; over an hour,
+    with the option that plans them to fit."""
+    from train.fit import Stage, schedule_message
+
+    stages = [Stage("head", 10, 1e-3, 0, 0.0, "hybrid"), Stage("fine_tune", 20, 1e-4, 120, 0.0, "hybrid")]
+    long = schedule_message(stages, 1800.0)
+    assert "30 epochs at about 1800 s" in long and "about 15.0 h" in long and "--time-budget" in long
+    assert "--time-budget" not in schedule_message(stages, 60.0)

@@ -164,6 +164,8 @@ class MemberFit:
         xla_choice = self.fit_xla_to_machine(stages[0])
         if planner is not None:
             self.fit_side_to_budget(planner, stages[0], xla_choice)
+        elif xla_choice is not None:
+            print(schedule_message(stages, fastest_epoch_s(xla_choice)), flush=True)
         cfg = self.cfg  # with the probed --xla
         class_weight = class_weight_for(self.train_data.labels) if cfg.class_weights else None
         wall_start = time.time()
@@ -188,6 +190,15 @@ class MemberFit:
             return finish_run(self.model, spec, self.val_data, self.out, train_seconds=seconds)
         return finish_snapshot_run(self.model, snapshots, spec, self.val_data, self.out, train_seconds=seconds,
                                    seed=self.seed)
+
+
+def schedule_message(stages: list[Stage], epoch_s: float) -> str:
+    """One line for a run without --time-budget: how long its epochs take at the probed speed (an estimate:
+    the first stage's step; a fine-tuning step costs more than a frozen-backbone one)."""
+    epochs = sum(stage.epochs for stage in stages)
+    hours = epochs * epoch_s / 3600
+    return (f"schedule: {epochs} epochs at about {epoch_s:.0f} s each here: about {hours:.1f} h for this member"
+            + ("; --time-budget MIN plans the epochs to fit MIN minutes" if hours > 1 else ""))
 
 
 @dataclass

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import keras
 import numpy as np
 import tensorflow as tf
 from scipy import ndimage
 from sklearn.linear_model import RidgeCV
 
 from submission.model import ImageRepair, ZoomUndo, network_input
-from train.augment import PARTS, _seeds
+from train.augment import parts_pipeline
 from train.errors import BcsubError
 from train.runs import Member
 from train.splits import read_split
@@ -46,8 +45,7 @@ def zoomed_training_images(images: np.ndarray, seed: int = 0, n: int = FIT_IMAGE
     enough) and their log zooms, uniform in +-``MAX_LOG_ZOOM``."""
     rng = np.random.default_rng(seed)
     picked = rng.choice(len(images), n, replace=n > len(images))
-    seeds = _seeds(seed + 17)
-    pipeline = keras.layers.Pipeline([layer for part in NUISANCE_PARTS for layer in PARTS[part](seeds)])
+    pipeline = parts_pipeline(NUISANCE_PARTS, seed + 17, "zoom_fit_nuisances")
     augmented = np.concatenate([
         np.clip(np.asarray(pipeline(tf.constant(images[picked[i:i + batch]], tf.float32), training=True)), 0, 255)
         for i in range(0, n, batch)])

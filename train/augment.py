@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import functools
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import keras
 import numpy as np
@@ -591,11 +591,17 @@ PARTS: dict[str, Callable[[Iterator[int]], list[keras.layers.Layer]]] = {
 }
 
 
-def preset_layers(preset: str, seed: int) -> list[keras.layers.Layer]:
-    """The per-image layers of ``preset``, each with its own seed drawn from ``seed``."""
-    check_preset(preset)
-    s = _seeds(seed)
-    return [layer for part in AUGMENT_PRESETS[preset].parts for layer in PARTS[part](s)]
+def parts_pipeline(parts: Sequence[str], seed: int, name: str) -> keras.layers.Pipeline | None:
+    """The per-image layers of ``parts`` (``PARTS``), each with its own seed drawn from ``seed``, built, in one
+    Pipeline that computes in float32 under a mixed-precision training policy too; None for no layers."""
+    with float32_policy():
+        s = _seeds(seed)
+        layers = [layer for part in parts for layer in PARTS[part](s)]
+        if not layers:
+            return None
+        for layer in layers:  # built now, Keras does not trace each container symbolically first
+            layer.build((None, None, None, 3))
+        return keras.layers.Pipeline(layers, name=name)
 
 
 def image_augmenter(preset: str, seed: int = 0) -> Callable[[tf.Tensor], tf.Tensor] | None:
@@ -604,13 +610,10 @@ def image_augmenter(preset: str, seed: int = 0) -> Callable[[tf.Tensor], tf.Tens
     None for preset 'none'. Unknown preset -> BcsubError naming the allowed presets. Works eagerly
     and inside ``tf.data`` ``map`` (graph mode); random draws differ per batch and per epoch.
     """
-    with float32_policy():  # augmentation computes in float32 under a mixed-precision training policy too
-        layers = preset_layers(preset, seed)
-        if not layers:
-            return None
-        for layer in layers:  # built now, Keras does not trace each container symbolically first
-            layer.build((None, None, None, 3))
-        pipeline = keras.layers.Pipeline(layers, name=f"augment_{preset}")
+    check_preset(preset)
+    pipeline = parts_pipeline(AUGMENT_PRESETS[preset].parts, seed, f"augment_{preset}")
+    if pipeline is None:
+        return None
 
     def run(images: tf.Tensor) -> tf.Tensor:
         out = tf.cast(pipeline(images, training=True), tf.float32)

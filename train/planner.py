@@ -90,7 +90,13 @@ def package_seconds(validation_pass_s: float, networks: int, selection_share: fl
     """The time to keep after the last epoch: finishing the run and packaging ``networks`` networks, from the
     measured time of one validation pass, with the TTA chosen on ``selection_share`` of the validation images."""
     passes = SELECTION_PASSES_PER_NETWORK * selection_share + CHECK_PASSES_PER_NETWORK
-    return FINISH_FIXED_S + (passes * networks + ZOOM_FIT_PASSES * selection_share) * validation_pass_s
+    return FINISH_FIXED_S + passes * networks * validation_pass_s + package_once_seconds(validation_pass_s,
+                                                                                         selection_share)
+
+
+def package_once_seconds(validation_pass_s: float, selection_share: float = 1.0) -> float:
+    """The part of ``package_seconds`` spent once per package, whatever the networks: the zoom estimate's fit."""
+    return ZOOM_FIT_PASSES * selection_share * validation_pass_s
 
 
 def tta_selection_share(validation_pass_s: float, networks: int, budget_s: float) -> float:
@@ -207,7 +213,7 @@ class BudgetPlanner:
         when the reserve moves by more than ``REPLAN_CHANGE``."""
         self.selection_share = tta_selection_share(seconds, self.package_members, self.budget_s)
         return self.set_reserve(package_seconds(seconds, self.package_members, self.selection_share),
-                                ZOOM_FIT_PASSES * self.selection_share * seconds)
+                                package_once_seconds(seconds, self.selection_share))
 
     def replan(self, reason: str) -> None:
         """Choose the epochs still to run for every stage from the time left and the measured speeds."""

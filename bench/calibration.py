@@ -47,6 +47,21 @@ def load(split: str) -> tuple[np.ndarray, np.ndarray]:
         return data["images"], data["labels"].reshape(-1).astype(np.int64)
 
 
+def stop_file_callback(path: Path):
+    """Ends training after the epoch during which ``path`` appeared (``touch RUN/STOP``): early stopping then
+    restores the best epoch's weights and the zip is written, as when the cap is reached."""
+    import keras
+
+    def check(epoch: int, logs=None) -> None:
+        if path.is_file():
+            print(f"{path} found: training ends after epoch {epoch + 1}", flush=True)
+            path.unlink()
+            callback.model.stop_training = True
+
+    callback = keras.callbacks.LambdaCallback(on_epoch_end=check)
+    return callback
+
+
 def train_recipe(recipe, out: Path) -> dict:
     """Train one recipe into ``out`` (weights.keras, submission.zip, metrics.json)."""
     import keras
@@ -78,7 +93,7 @@ def train_recipe(recipe, out: Path) -> dict:
     mode = "max" if "accuracy" in recipe.monitor else "min"
     callbacks = [keras.callbacks.EarlyStopping(recipe.monitor, patience=recipe.patience, mode=mode,
                                                restore_best_weights=True),
-                 keras.callbacks.CSVLogger(str(out / "history.csv"))]
+                 keras.callbacks.CSVLogger(str(out / "history.csv")), stop_file_callback(out / "STOP")]
     if recipe.reduce_lr:
         callbacks.append(keras.callbacks.ReduceLROnPlateau(recipe.monitor, factor=0.2, patience=20, mode=mode))
     class_weight = None
@@ -92,17 +107,23 @@ def train_recipe(recipe, out: Path) -> dict:
     val_acc = float(np.mean(model.predict(x_val * recipe.scale, verbose=0).argmax(1) == y_val))
     write_template_zip(model, out / "submission.zip", recipe.scale)
     metrics = {"recipe": recipe.name, "val_accuracy": val_acc, "epochs_run": len(history.history["loss"]),
+               "epoch_cap": recipe.epochs,
                "train_seconds": seconds, "weights": int(model.count_params())}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 
 
-def train_all(only: list[str] | None) -> None:
+def train_all(only: list[str] | None, epochs: int | None = None) -> None:
+    """Train every recipe (or ``only`` these) not yet trained; ``epochs`` replaces each recipe's epoch cap."""
+    from dataclasses import replace
+
     from calibration_recipes import RECIPES
 
     for name, recipe in RECIPES.items():
         if only and name not in only:
             continue
+        if epochs:
+            recipe = replace(recipe, epochs=epochs)
         out = RUNS / name
         if (out / "metrics.json").is_file():
             print(f"{name}: done ({json.loads((out / 'metrics.json').read_text())['val_accuracy']:.3f})")
@@ -213,12 +234,16 @@ def reproduced(recipe, val_accuracy: float) -> bool:
     return val_accuracy >= (recipe.published_local or 0.95) - 0.05
 
 
-def score() -> dict:
-    """local-score (clean + hidden) of every recipe's zip on pbc96_test, against the published scores."""
+def score(only: list[str] | None = None) -> dict:
+    """local-score (clean + hidden) of every recipe's zip on pbc96_test, against the published scores. With
+    ``only``, those recipes are re-scored and their points replace the old ones in the results file; the
+    other points are kept as measured."""
+    from calibration_recipes import RECIPES
+
     from tools.local_score import ScoreOptions, local_score
     from tools.shift.hidden import CALIBRATED
 
-    recipes = trained_recipes()
+    recipes = {n: r for n, r in trained_recipes().items() if not only or n in only}
     zips = [str(RUNS / name / "submission.zip") for name in recipes]
     start = time.time()
     _, results = local_score(ScoreOptions(zips, str(DATA / "pbc96_test.npz"), suites=("clean", "hidden")))
@@ -234,14 +259,17 @@ def score() -> dict:
                        "error": (summary.get("expected_hidden_accuracy") or 0) - recipe.published,
                        "held_out": name == HELD_OUT, "reproduced": reproduced(recipe, metrics["val_accuracy"]),
                        "notes": recipe.notes})
+    if only and RESULTS.is_file():
+        kept = [p for p in json.loads(RESULTS.read_text())["points"] if p["recipe"] not in recipes]
+        points = sorted(kept + points, key=lambda p: list(RECIPES).index(p["recipe"]))
     predicted = {p["recipe"]: p["expected_hidden"] for p in points}
-    tuning = errors({n: v for n, v in predicted.items() if n != HELD_OUT}, recipes)
+    tuning = errors({n: v for n, v in predicted.items() if n != HELD_OUT}, RECIPES)
     result = {"test_data": "pbc96_test (1,982 images)", "suite": "clean + hidden@1..3; expected = hidden@2",
               "calibrated_shift": CALIBRATED.__dict__, "held_out": HELD_OUT,
               "mae_tuning_points": tuning["mae"], "concordant_pairs_tuning": tuning["concordant_pairs"],
               "held_out_error": next((p["error"] for p in points if p["held_out"]), None),
               "reproduced_points": [p["recipe"] for p in points if p["reproduced"]],
-              "all_points": errors(predicted, recipes), "points": points,
+              "all_points": errors(predicted, RECIPES), "points": points,
               "score_seconds": time.time() - start}
     write_json(RESULTS, result)
     print("| recipe | published CodaBench | our expected hidden score (95% CI) | error | our local val (team's) |")
@@ -260,6 +288,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("step", choices=("train", "tune", "score", "all"), nargs="?", default="all")
     parser.add_argument("--only", default="", help="comma list of recipe names")
+    parser.add_argument("--epochs", type=int, default=0, help="train: replaces every recipe's epoch cap")
     parser.add_argument("--trials", type=int, default=60, help="tune: random-search trials")
     parser.add_argument("--subset", type=int, default=500, help="tune: stratified pbc96_val images")
     parser.add_argument("--seed", type=int, default=0, help="tune: random-search seed")
@@ -269,11 +298,11 @@ def main() -> None:
         return
     only = [s for s in args.only.split(",") if s] or None
     if args.step in ("train", "all"):
-        train_all(only)
+        train_all(only, args.epochs or None)
     if args.step == "tune":
         tune(args.trials, args.subset, args.seed)
     if args.step in ("score", "all"):
-        score()
+        score(only)
 
 
 if __name__ == "__main__":

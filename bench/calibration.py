@@ -270,7 +270,7 @@ def score(only: list[str] | None = None) -> dict:
               "held_out_error": next((p["error"] for p in points if p["held_out"]), None),
               "reproduced_points": [p["recipe"] for p in points if p["reproduced"]],
               "all_points": errors(predicted, RECIPES), "points": points,
-              "score_seconds": time.time() - start}
+              "scored": list(recipes), "score_seconds": time.time() - start}
     write_json(RESULTS, result)
     print("| recipe | published CodaBench | our expected hidden score (95% CI) | error | our local val (team's) |")
     print("| --- | --- | --- | --- | --- |")

@@ -90,6 +90,7 @@ def train_recipe(recipe, out: Path) -> dict:
     model.compile(optimizer=keras.optimizers.Adam(recipe.learning_rate), loss="categorical_crossentropy",
                   metrics=["accuracy"])
     out.mkdir(parents=True, exist_ok=True)
+    (out / "STOP").unlink(missing_ok=True)  # one left from an earlier run would end this one after its first epoch
     mode = "max" if "accuracy" in recipe.monitor else "min"
     callbacks = [keras.callbacks.EarlyStopping(recipe.monitor, patience=recipe.patience, mode=mode,
                                                restore_best_weights=True),

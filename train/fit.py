@@ -21,6 +21,7 @@ from train.backbones import build_pretrained_network, set_backbone_trainable, se
 from train.callbacks import AgreeToStop, LearningRateLog, PersistentCheckpoint, tensorboard_callbacks
 from train.config import TrainConfig
 from train.data import Dataset
+from train.devices import gpu_count
 from train.keras_internals import AtomicBackupAndRestore, ChiefRestore, fix_multi_worker_fit
 from train.multiworker import make_multi_worker_strategy, read_tf_config
 from train.pipeline import distributed_training_dataset, evaluation_dataset, prior_logit_offsets, training_dataset
@@ -236,14 +237,14 @@ def make_strategy(multi_worker: bool) -> tf.distribute.Strategy:
     """MultiWorkerMirrored from TF_CONFIG when asked, Mirrored on several GPUs, else the default."""
     if multi_worker:
         return make_multi_worker_strategy()
-    if len(tf.config.list_physical_devices("GPU")) > 1:
+    if gpu_count() > 1:
         return tf.distribute.MirroredStrategy()
     return tf.distribute.get_strategy()
 
 
 def set_precision(mixed_precision: bool | None) -> None:
     """mixed_float16 when asked for, or by default when there is a GPU."""
-    if mixed_precision if mixed_precision is not None else bool(tf.config.list_physical_devices("GPU")):
+    if mixed_precision if mixed_precision is not None else bool(gpu_count()):
         keras.mixed_precision.set_global_policy("mixed_float16")
 
 

@@ -17,6 +17,7 @@ from train.atomic import write_json
 from train.backbones import resolve_weights
 from train.config import TrainConfig
 from train.data import Dataset, load_dataset, stratified_split, stratified_subsample
+from train.devices import gpu_count
 from train.errors import BcsubError
 from train.fit import fit_member
 from train.metrics import score
@@ -99,9 +100,7 @@ def _train(cfg: TrainConfig) -> list[MemberResult]:
 def warn_gpu_recipe_on_cpu(cfg: TrainConfig, gpus: int | None = None) -> bool:
     """Say at once when `--preset gpu` starts on a machine without a GPU (e.g. a notebook whose GPU runtime is
     off): its EfficientNetV2S ensemble at 224 px would train for more than a day. Returns whether it warned."""
-    import tensorflow as tf
-
-    if cfg.preset != "gpu" or (gpus if gpus is not None else len(tf.config.list_physical_devices("GPU"))):
+    if cfg.preset != "gpu" or (gpus if gpus is not None else gpu_count()):
         return False
     print("warning: --preset gpu, but TensorFlow sees no GPU: this recipe would train for more than a day on a CPU "
           "(fine-tuning EfficientNetV2S at 224 px ran at 6 images/s on 2 cores). In a notebook, switch the runtime "

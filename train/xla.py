@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import tensorflow as tf
+from train.devices import gpu_count
 
 XLA_FILE = "xla.json"
 XLA_MIN_STEPS = 500  # --xla auto: compiling costs seconds per stage (5 s for the tiny test network), so short
@@ -26,7 +26,7 @@ def xla_for(choice: str, distributed: bool, steps: int) -> bool | str:
     off under tf.distribute)."""
     if choice != "auto":
         return choice == "on"
-    cpu_only = not tf.config.list_physical_devices("GPU")
+    cpu_only = not gpu_count()
     return True if cpu_only and not distributed and steps >= XLA_MIN_STEPS else "auto"
 
 

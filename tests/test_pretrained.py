@@ -118,7 +118,7 @@ def test_the_gpu_recipe_trains_in_mixed_precision_and_packages(offline_imagenet,
     out = tmp_path / "gpu"
     cfg = TrainConfig(**{**PRESETS["gpu"], "data": str(SAMPLE_TRAIN), "out": str(out), "backbone": "mobilenetv3small",
                          "image_size": 32, "epochs": 1, "fine_tune_epochs": 1, "fine_tune_layers": 10, "members": 2,
-                         "balance": 8, "limit": 64, "batch_size": 16, "mixed_precision": True,
+                         "balance": 8, "limit": 64, "batch_size": 16, "precision": "mixed_float16",
                          "xla": "on"})  # Keras compiles the step with XLA on a GPU
     try:
         results = run_training(cfg)

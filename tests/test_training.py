@@ -130,6 +130,43 @@ def test_xla_choice_follows_the_devices_and_the_option():
         TrainConfig(data="d", out="o", backbone="tinycnn", xla="fast")
 
 
+def test_precision_choice_follows_the_devices_and_the_option(tmp_path):
+    """--precision auto: mixed_float16 on a GPU, float32 on a CPU; a named policy is kept; anything else is
+    refused. Whether the CPU has bfloat16 instructions is read from its flags (/proc/cpuinfo)."""
+    from train.devices import cpu_flags, cpu_has_bf16, training_precision
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f amx_bf16 amx_tile\n\n"
+                       "processor\t: 1\nflags\t\t: fpu sse avx2 avx512f amx_bf16 amx_tile\n")
+    assert {"avx2", "amx_bf16"} <= cpu_flags(cpuinfo) and cpu_has_bf16(cpu_flags(cpuinfo))
+    assert not cpu_has_bf16({"avx2", "avx512f", "fma"}) and cpu_flags(tmp_path / "missing") == set()
+    assert training_precision("auto", gpus=1) == "mixed_float16"
+    assert training_precision("auto", gpus=0) == "float32"
+    assert training_precision("float32", gpus=1) == "float32"
+    assert training_precision("mixed_bfloat16", gpus=0) == "mixed_bfloat16"
+    with pytest.raises(BcsubError, match="--precision 'fp8': choose one of: auto, float32, mixed_float16"):
+        TrainConfig(data="d", out="o", backbone="tinycnn", precision="fp8")
+
+
+def test_a_member_trained_in_bfloat16_is_shipped_in_float32(tmp_path):
+    """--precision mixed_bfloat16 (1.2x as fast on an AMX CPU): the run trains, the saved weights are float32,
+    the run records the policy it trained in, and `bcsub check` finds the shipped networks equal to the training
+    graph's float32 probabilities."""
+    out = tmp_path / "run"
+    proc = run_cli("train", "--data", str(SAMPLE_TRAIN), "--backbone", "tinycnn", "--weights", "none",
+                   "--image-size", "32", "--epochs", "2", "--polish-epochs", "1", "--limit", "64", "--batch-size",
+                   "16", "--augment", "v3ef", "--precision", "mixed_bfloat16", "--out", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    assert json.loads((out / "config.json").read_text())["precision"] == "mixed_bfloat16"
+    members = find_members(out)
+    assert len(members) == 2  # the unpolished and polished snapshots
+    for member in members:
+        with np.load(member.weights_path, allow_pickle=False) as weights:
+            assert {weights[key].dtype.name for key in weights.files} == {"float32"}
+    checked = run_cli("check", str(out))
+    assert checked.returncode == 0 and "passed" in checked.stdout, checked.stdout + checked.stderr
+
+
 def xla_compiled(function) -> bool:
     """Whether a Keras train function wraps a tf.function compiled with XLA (found through its closures)."""
     seen, todo = set(), [function]
@@ -362,7 +399,7 @@ from train.config import TrainConfig
 from train.trainer import run_training
 cfg = TrainConfig(data=sys.argv[1], out=sys.argv[2], backbone="tinycnn", weights="none", image_size=32, batch_size=8,
                   epochs=2, augment="hybrid", polish_epochs=1, polish_augment="v3ef", balance=8, limit=64,
-                  mixed_precision=True, ema_momentum=0.9, members=2)
+                  precision="mixed_float16", ema_momentum=0.9, members=2)
 print("replicas", strategy.num_replicas_in_sync, "members", len(run_training(cfg)))
 """
 

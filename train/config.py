@@ -67,6 +67,7 @@ PRESETS: dict[str, dict] = {
 
 
 XLA_CHOICES = ("auto", "on", "off")
+PRECISION_CHOICES = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 # What --preprocessing offers the from-scratch backbones (submission.model.PREPROCESSING has the code).
 SCRATCH_PREPROCESSING = ("standardize", "fold")
 
@@ -139,7 +140,9 @@ class TrainConfig:
     xla: str = option("auto", "auto | on | off: XLA-compile the training step (auto: for stages of 500+ steps on the "
                       "CPU without a distribution strategy, times both steps first and keeps the faster; else Keras' "
                       "choice)")
-    mixed_precision: bool | None = None  # None: on when there is a GPU
+    precision: str = option("auto", "auto | float32 | mixed_float16 | mixed_bfloat16: the numbers the training step "
+                            "computes in (weights stay float32; the zip computes in float32). auto: mixed_float16 on "
+                            "a GPU, float32 on a CPU; mixed_bfloat16 is 1.2x as fast on a CPU with AMX")
 
     def __post_init__(self) -> None:
         from submission.model import BACKBONES  # here, not at the top: loading it loads TensorFlow
@@ -158,6 +161,8 @@ class TrainConfig:
                              f"(--folds is {self.folds})")
         if self.preprocessing is not None:
             self._check_preprocessing()
+        if self.precision not in PRECISION_CHOICES:
+            raise BcsubError(f"--precision {self.precision!r}: choose one of: {', '.join(PRECISION_CHOICES)}")
         if self.xla not in XLA_CHOICES:
             raise BcsubError(f"--xla {self.xla!r}: choose one of: {', '.join(XLA_CHOICES)}")
         for option, preset in (("--augment", self.augment), ("--polish-augment", self.polish_augment)):

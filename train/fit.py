@@ -21,7 +21,7 @@ from train.backbones import build_pretrained_network, set_backbone_trainable, se
 from train.callbacks import AgreeToStop, LearningRateLog, PersistentCheckpoint, tensorboard_callbacks
 from train.config import TrainConfig
 from train.data import Dataset
-from train.devices import gpu_count
+from train.devices import cpu_has_bf16, gpu_count, training_precision
 from train.keras_internals import AtomicBackupAndRestore, ChiefRestore, fix_multi_worker_fit
 from train.multiworker import make_multi_worker_strategy, read_tf_config
 from train.pipeline import distributed_training_dataset, evaluation_dataset, prior_logit_offsets, training_dataset
@@ -76,7 +76,7 @@ class MemberFit:
         cfg = self.cfg
         self.strategy = make_strategy(cfg.multi_worker)  # first: multi-worker set-up must precede other TF work
         keras.utils.set_random_seed(self.seed)
-        set_precision(cfg.mixed_precision)
+        self.precision = set_precision(cfg.precision)
         self.batch_size = cfg.batch_size * self.strategy.num_replicas_in_sync
         self.use_spec(cfg.model_spec(self.backbone))
 
@@ -242,10 +242,15 @@ def make_strategy(multi_worker: bool) -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
-def set_precision(mixed_precision: bool | None) -> None:
-    """mixed_float16 when asked for, or by default when there is a GPU."""
-    if mixed_precision if mixed_precision is not None else bool(gpu_count()):
-        keras.mixed_precision.set_global_policy("mixed_float16")
+def set_precision(choice: str) -> str:
+    """Set the global dtype policy ``--precision choice`` trains with (``train/devices.training_precision``);
+    returns its name. ``finish`` sets float32 back before the network is saved."""
+    policy = training_precision(choice)
+    keras.mixed_precision.set_global_policy(policy)
+    if policy == "mixed_bfloat16" and not gpu_count() and not cpu_has_bf16():
+        print("warning: --precision mixed_bfloat16 on a CPU without bfloat16 instructions (AMX or AVX512-BF16): "
+              "emulated, it trains slower than float32 here", file=sys.stderr, flush=True)
+    return policy
 
 
 def compile_for(model: keras.Model, stage: Stage, cfg: TrainConfig, steps: int,

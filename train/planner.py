@@ -140,6 +140,7 @@ class BudgetPlanner:
     selection_share: float = 1.0  # of the validation images `bcsub package` chooses the TTA on
     path: Path | None = None
     history: list[dict] = field(default_factory=list)
+    validation_passes: list[float] = field(default_factory=list)  # timed passes of every stage (none traced)
 
     def __post_init__(self) -> None:
         self.start = self.clock()
@@ -399,16 +400,23 @@ class FollowPlan(StepTimer):
         self.test_start = self.clock()
 
     def on_test_end(self, logs=None):
-        self.test_seconds.append(self.clock() - self.test_start)
-        if len(self.test_seconds) == 1 and self.planner.reserve_s > MIN_RESERVE_S:
-            return  # a stage's first pass traces its graph: an earlier stage's measurement is better
-        timed = self.test_seconds[1:] or self.test_seconds
-        if self.planner.validation_pass_timed(statistics.median(timed[-RECENT:])):
+        """The reserve follows the median of the last ``RECENT`` validation passes of the member, over its
+        stages (the same network on the same images): one slow pass at a stage's start is noise."""
+        seconds = self.clock() - self.test_start
+        self.stage_passes += 1
+        if self.stage_passes == 1:  # a stage's first pass traces its graph
+            if self.planner.reserve_s > MIN_RESERVE_S:
+                return  # an earlier measurement is better
+            timed = [seconds]
+        else:
+            self.planner.validation_passes.append(seconds)
+            timed = self.planner.validation_passes[-RECENT:]
+        if self.planner.validation_pass_timed(statistics.median(timed)):
             self._follow("validation pass timed")
 
     def on_train_begin(self, logs=None):
         self.epoch_times: list[float] = []
-        self.test_seconds: list[float] = []
+        self.stage_passes = 0
         self.planner.begin(self.stage_name)
         stage = self.planner.stage(self.stage_name)
         self.schedule.set_total_steps(stage.planned * self.steps)

@@ -76,7 +76,7 @@ class MemberFit:
         cfg = self.cfg
         self.strategy = make_strategy(cfg.multi_worker)  # first: multi-worker set-up must precede other TF work
         keras.utils.set_random_seed(self.seed)
-        self.precision = set_precision(cfg.precision)
+        set_precision(cfg.precision)
         self.batch_size = cfg.batch_size * self.strategy.num_replicas_in_sync
         self.use_spec(cfg.model_spec(self.backbone))
 

@@ -140,7 +140,7 @@ class BudgetPlanner:
     selection_share: float = 1.0  # of the validation images `bcsub package` chooses the TTA on
     path: Path | None = None
     history: list[dict] = field(default_factory=list)
-    validation_passes: list[float] = field(default_factory=list)  # timed passes of every stage (none traced)
+    validation_passes: list[float] = field(default_factory=list)  # this process's timed passes, every stage
 
     def __post_init__(self) -> None:
         self.start = self.clock()

@@ -242,15 +242,14 @@ def make_strategy(multi_worker: bool) -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
-def set_precision(choice: str) -> str:
+def set_precision(choice: str) -> None:
     """Set the global dtype policy ``--precision choice`` trains with (``train/devices.training_precision``);
-    returns its name. ``finish`` sets float32 back before the network is saved."""
+    ``finish`` sets float32 back before the network is saved."""
     policy = training_precision(choice)
     keras.mixed_precision.set_global_policy(policy)
     if policy == "mixed_bfloat16" and not gpu_count() and not cpu_has_bf16():
         print("warning: --precision mixed_bfloat16 on a CPU without bfloat16 instructions (AMX or AVX512-BF16): "
               "emulated, it trains slower than float32 here", file=sys.stderr, flush=True)
-    return policy
 
 
 def compile_for(model: keras.Model, stage: Stage, cfg: TrainConfig, steps: int,

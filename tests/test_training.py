@@ -131,8 +131,9 @@ def test_xla_choice_follows_the_devices_and_the_option():
 
 
 def test_precision_choice_follows_the_devices_and_the_option(tmp_path):
-    """--precision auto: mixed_float16 on a GPU, float32 on a CPU; a named policy is kept; anything else is
-    refused. Whether the CPU has bfloat16 instructions is read from its flags (/proc/cpuinfo)."""
+    """--precision auto: mixed_float16 on a GPU, mixed_bfloat16 on a CPU with bfloat16 instructions, float32 on
+    other CPUs; a named policy is kept; anything else is refused. Whether the CPU has bfloat16 instructions is
+    read from its flags (/proc/cpuinfo)."""
     from train.devices import cpu_flags, cpu_has_bf16, training_precision
 
     cpuinfo = tmp_path / "cpuinfo"
@@ -141,7 +142,12 @@ def test_precision_choice_follows_the_devices_and_the_option(tmp_path):
     assert {"avx2", "amx_bf16"} <= cpu_flags(cpuinfo) and cpu_has_bf16(cpu_flags(cpuinfo))
     assert not cpu_has_bf16({"avx2", "avx512f", "fma"}) and cpu_flags(tmp_path / "missing") == set()
     assert training_precision("auto", gpus=1) == "mixed_float16"
-    assert training_precision("auto", gpus=0) == "float32"
+    amx, zen4, older = cpu_flags(cpuinfo), {"avx2", "avx512f", "avx512_bf16"}, {"avx2", "avx512f", "fma"}
+    assert training_precision("auto", gpus=1, flags=amx) == "mixed_float16"
+    assert training_precision("auto", gpus=0, flags=amx) == "mixed_bfloat16"
+    assert training_precision("auto", gpus=0, flags=zen4) == "mixed_bfloat16"
+    assert training_precision("auto", gpus=0, flags=older) == "float32"
+    assert training_precision("float32", gpus=0, flags=amx) == "float32"
     assert training_precision("float32", gpus=1) == "float32"
     assert training_precision("mixed_bfloat16", gpus=0) == "mixed_bfloat16"
     with pytest.raises(BcsubError, match="--precision 'fp8': choose one of: auto, float32, mixed_float16"):
@@ -158,6 +164,7 @@ def test_a_member_trained_in_bfloat16_is_shipped_in_float32(tmp_path):
                    "16", "--augment", "v3ef", "--precision", "mixed_bfloat16", "--out", str(out))
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     assert json.loads((out / "config.json").read_text())["precision"] == "mixed_bfloat16"
+    assert json.loads((out / "precision.json").read_text())["policy"] == "mixed_bfloat16"
     members = find_members(out)
     assert len(members) == 2  # the unpolished and polished snapshots
     for member in members:

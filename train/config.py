@@ -142,7 +142,8 @@ class TrainConfig:
                       "choice)")
     precision: str = option("auto", "auto | float32 | mixed_float16 | mixed_bfloat16: the numbers the training step "
                             "computes in (weights stay float32; the zip computes in float32). auto: mixed_float16 on "
-                            "a GPU, float32 on a CPU; mixed_bfloat16 is 1.2x as fast on a CPU with AMX")
+                            "a GPU, mixed_bfloat16 on a CPU with bfloat16 instructions (AMX or AVX512-BF16: 1.2x "
+                            "as fast), else float32")
 
     def __post_init__(self) -> None:
         from submission.model import BACKBONES  # here, not at the top: loading it loads TensorFlow

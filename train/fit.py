@@ -43,6 +43,8 @@ from train.side import (
 )
 from train.xla import XLA_FILE, choose_xla, fastest_epoch_s, xla_for, xla_message, xla_probe_applies
 
+PRECISION_FILE = "precision.json"  # the dtype policy a run trained in, and why
+
 
 def fit_member(cfg: TrainConfig, train: Dataset, val: Dataset, out: Path, backbone: str | None = None,
                seed: int | None = None, budget_s: float | None = None) -> dict:
@@ -76,7 +78,7 @@ class MemberFit:
         cfg = self.cfg
         self.strategy = make_strategy(cfg.multi_worker)  # first: multi-worker set-up must precede other TF work
         keras.utils.set_random_seed(self.seed)
-        set_precision(cfg.precision)
+        set_precision(cfg.precision, self.out)
         self.batch_size = cfg.batch_size * self.strategy.num_replicas_in_sync
         self.use_spec(cfg.model_spec(self.backbone))
 
@@ -242,14 +244,22 @@ def make_strategy(multi_worker: bool) -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
-def set_precision(choice: str) -> None:
-    """Set the global dtype policy ``--precision choice`` trains with (``train/devices.training_precision``);
-    ``finish`` sets float32 back before the network is saved."""
+def set_precision(choice: str, out: Path | None = None) -> str:
+    """Set the global dtype policy ``--precision choice`` trains with (``train/devices.training_precision``) and
+    record it in ``precision.json`` in ``out``; ``finish`` sets float32 back before the network is saved."""
     policy = training_precision(choice)
     keras.mixed_precision.set_global_policy(policy)
-    if policy == "mixed_bfloat16" and not gpu_count() and not cpu_has_bf16():
+    on_cpu, bf16_cpu = not gpu_count(), cpu_has_bf16()
+    if policy == "mixed_bfloat16" and on_cpu and not bf16_cpu:
         print("warning: --precision mixed_bfloat16 on a CPU without bfloat16 instructions (AMX or AVX512-BF16): "
               "emulated, it trains slower than float32 here", file=sys.stderr, flush=True)
+    elif choice == "auto" and policy == "mixed_bfloat16":
+        print("precision: mixed_bfloat16 (this CPU has bfloat16 instructions; --precision float32 to train in "
+              "float32); the packaged network computes in float32", flush=True)
+    if out is not None:
+        write_json(out / PRECISION_FILE, {"choice": choice, "policy": policy, "gpus": gpu_count(),
+                                          "cpu_bf16_instructions": bf16_cpu})
+    return policy
 
 
 def compile_for(model: keras.Model, stage: Stage, cfg: TrainConfig, steps: int,

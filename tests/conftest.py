@@ -18,6 +18,15 @@ SAMPLE_TRAIN = ROOT / "data" / "sample" / "train.npz"
 SAMPLE_TEST = ROOT / "data" / "sample" / "test.npz"
 
 
+@pytest.fixture(autouse=True)
+def float32_policy_after_each_test():
+    """Every test starts in Keras' float32 policy: one that sets a member up without finishing it (``--precision
+    auto`` is mixed_bfloat16 on a CPU with bfloat16 instructions) must not leave bfloat16 to the next in its process."""
+    yield
+    if "keras" in sys.modules:
+        sys.modules["keras"].mixed_precision.set_global_policy("float32")
+
+
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
     """Run the real `bcsub` command line in a subprocess."""
     return subprocess.run([sys.executable, "-m", "tools.cli", *args], cwd=cwd or ROOT, capture_output=True,

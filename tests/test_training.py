@@ -247,6 +247,7 @@ def test_the_probed_xla_choice_is_the_step_every_stage_trains_with(tmp_path):
     import tensorflow as tf
 
     from train.data import Dataset
+    from train.devices import training_precision
     from train.fit import MemberFit, Stage, prepare_stage
     from train.xla import XLA_FILE
 
@@ -262,6 +263,7 @@ def test_the_probed_xla_choice_is_the_step_every_stage_trains_with(tmp_path):
         cfg = TrainConfig(data="d", out=str(out), backbone="tinycnn", weights="none", image_size=32, batch_size=16)
         member = MemberFit(cfg, data, data, out, "tinycnn", seed=0)
         member.setup()
+        assert json.loads((out / "precision.json").read_text())["policy"] == training_precision("auto")
         choice = member.fit_xla_to_machine(stage)
         assert choice == json.loads((out / XLA_FILE).read_text())
         assert all(seconds > 0 for seconds in choice["seconds_per_epoch"].values()) and choice["probed_side"] == 32

@@ -69,9 +69,13 @@ class MemberFit:
         self._batches: dict[str, tuple[tf.data.Dataset, int]] = {}
 
     def run(self) -> dict:
-        self.setup()
-        snapshots, seconds = self.train()
-        return self.finish(snapshots, seconds)
+        previous = keras.mixed_precision.global_policy()
+        try:
+            self.setup()
+            snapshots, seconds = self.train()
+            return self.finish(snapshots, seconds)
+        finally:  # the run's --precision policy is its own, also when it stops early
+            keras.mixed_precision.set_global_policy(previous)
 
     def setup(self) -> None:
         """Devices and numerics first, then the spec, the validation batches and the network."""
@@ -244,13 +248,13 @@ def make_strategy(multi_worker: bool) -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
-def set_precision(choice: str, out: Path | None = None) -> str:
+def set_precision(choice: str, out: Path | None = None) -> None:
     """Set the global dtype policy ``--precision choice`` trains with (``train/devices.training_precision``) and
     record it in ``precision.json`` in ``out``; ``finish`` sets float32 back before the network is saved."""
     policy = training_precision(choice)
     keras.mixed_precision.set_global_policy(policy)
-    on_cpu, bf16_cpu = not gpu_count(), cpu_has_bf16()
-    if policy == "mixed_bfloat16" and on_cpu and not bf16_cpu:
+    bf16_cpu = cpu_has_bf16()
+    if policy == "mixed_bfloat16" and not gpu_count() and not bf16_cpu:
         print("warning: --precision mixed_bfloat16 on a CPU without bfloat16 instructions (AMX or AVX512-BF16): "
               "emulated, it trains slower than float32 here", file=sys.stderr, flush=True)
     elif choice == "auto" and policy == "mixed_bfloat16":
@@ -259,7 +263,6 @@ def set_precision(choice: str, out: Path | None = None) -> str:
     if out is not None:
         write_json(out / PRECISION_FILE, {"choice": choice, "policy": policy, "gpus": gpu_count(),
                                           "cpu_bf16_instructions": bf16_cpu})
-    return policy
 
 
 def compile_for(model: keras.Model, stage: Stage, cfg: TrainConfig, steps: int,

@@ -21,7 +21,7 @@ from train.backbones import build_pretrained_network, set_backbone_trainable, se
 from train.callbacks import AgreeToStop, LearningRateLog, PersistentCheckpoint, tensorboard_callbacks
 from train.config import TrainConfig
 from train.data import Dataset
-from train.devices import cpu_has_bf16, gpu_count, training_precision
+from train.devices import cpu_flags, cpu_has_bf16, gpu_count, training_precision
 from train.keras_internals import AtomicBackupAndRestore, ChiefRestore, fix_multi_worker_fit
 from train.multiworker import make_multi_worker_strategy, read_tf_config
 from train.pipeline import distributed_training_dataset, evaluation_dataset, prior_logit_offsets, training_dataset
@@ -251,17 +251,18 @@ def make_strategy(multi_worker: bool) -> tf.distribute.Strategy:
 def set_precision(choice: str, out: Path | None = None) -> None:
     """Set the global dtype policy ``--precision choice`` trains with (``train/devices.training_precision``) and
     record it in ``precision.json`` in ``out``; ``finish`` sets float32 back before the network is saved."""
-    policy = training_precision(choice)
+    gpus, flags = gpu_count(), cpu_flags()  # asked once: TensorFlow's device list and /proc/cpuinfo
+    bf16_cpu = cpu_has_bf16(flags)
+    policy = training_precision(choice, gpus, flags)
     keras.mixed_precision.set_global_policy(policy)
-    bf16_cpu = cpu_has_bf16()
-    if policy == "mixed_bfloat16" and not gpu_count() and not bf16_cpu:
+    if policy == "mixed_bfloat16" and not gpus and not bf16_cpu:
         print("warning: --precision mixed_bfloat16 on a CPU without bfloat16 instructions (AMX or AVX512-BF16): "
               "emulated, it trains slower than float32 here", file=sys.stderr, flush=True)
     elif choice == "auto" and policy == "mixed_bfloat16":
         print("precision: mixed_bfloat16 (this CPU has bfloat16 instructions; --precision float32 to train in "
               "float32); the packaged network computes in float32", flush=True)
     if out is not None:
-        write_json(out / PRECISION_FILE, {"choice": choice, "policy": policy, "gpus": gpu_count(),
+        write_json(out / PRECISION_FILE, {"choice": choice, "policy": policy, "gpus": gpus,
                                           "cpu_bf16_instructions": bf16_cpu})
 
 

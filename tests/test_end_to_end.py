@@ -67,6 +67,7 @@ def test_local_score_cli(packaged_zip, tmp_path):
     summary = report["submissions"][0]["summary"]
     assert report["n_images"] == 80
     assert 0 <= summary["clean_accuracy"] <= 1 and summary["ci95"][0] <= summary["ci95"][1]
+    assert summary["seen"] == {"images": 80, "training": 0, "validation": 0}  # tools/seen.py: none seen, no advisory
     variants = report["submissions"][0]["variants"]
     assert "clean" in variants and "pixelate@3" in variants and any(k.startswith("an2dl@") for k in variants)
     assert (tmp_path / "rep" / "index.html").is_file()

@@ -69,11 +69,31 @@ def test_runs_rows_complete_half_written_and_foreign(runs_folder, trained_run):
     summary = json.loads((runs_folder / "tiny-score.json").read_text())["submissions"][0]["summary"]
     assert tiny.clean_accuracy == summary["clean_accuracy"]
     assert tiny.expected_hidden_accuracy == summary.get("expected_hidden_accuracy")
+    assert tiny.scored_on_seen is False  # scored on the sample's test images: none seen (tools/seen.py)
     assert rows["half"].status.startswith("incomplete: training did not finish") and rows["half"].epochs == 2
     assert rows["half"].backbone == "tinycnn" and rows["half"].zip is None
     assert rows["group/foreign"].status.startswith("incomplete: not a bcsub run")
     assert rows["group/corrupt"].status.startswith("incomplete: unreadable")
     assert rows["group/listing"].status.startswith("incomplete: unreadable")
+
+
+def test_a_score_on_images_the_zip_saw_is_marked(runs_folder, tmp_path):
+    from rich.console import Console
+
+    from tools.runs_table import runs_table
+
+    runs = tmp_path / "runs"
+    shutil.copytree(runs_folder / "tiny", runs / "tiny")
+    shutil.copyfile(runs_folder / "tiny.zip", runs / "tiny.zip")
+    score = json.loads((runs_folder / "tiny-score.json").read_text())
+    score["submissions"][0]["summary"]["seen"] = {"images": 40, "training": 0, "validation": 7}
+    (runs / "tiny-score.json").write_text(json.dumps(score))
+    [row] = collect_runs([runs])
+    assert row.scored_on_seen is True
+    console = Console(width=300, record=True)
+    console.print(runs_table([row]))
+    text = console.export_text()
+    assert f"{row.clean_accuracy:.3f}+" in text and "+ scored on images the zip trained or validated on" in text
 
 
 def test_runs_cli_table_sort_and_json(runs_folder):

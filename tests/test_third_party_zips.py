@@ -42,6 +42,7 @@ def test_template_zip_scores_in_local_score(template_zip, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = json.loads(out.read_text())["submissions"][0]["summary"]
     assert summary["status"] == "ok" and not summary["variants_failed"]
+    assert "seen" not in summary  # no seen-images record in a zip bcsub did not make: nothing to say
     assert 0 <= summary["expected_hidden_accuracy"] <= 1
     assert summary["projected_seconds_10000_images"] > summary["init_seconds"] > 0
     assert "expected hidden score" in proc.stdout

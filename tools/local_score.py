@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tools.harness import DEFAULT_TIME_LIMIT_S, IngestionResult, Progress, run_zip
+from tools.seen import Seen, seen_warning
 from tools.shift.corruptions import SEVERITIES
 from tools.shift.hidden import CALIBRATED_LEVEL, CALIBRATION
 from tools.shift.suite import SHIFT_SUITES, Variant, apply_variant, make_variant, plan_variants
@@ -139,6 +140,10 @@ def score_zip(zip_path: str, data: Dataset, variants: list[Variant], options: Sc
             result.scores[variant.name] = score(data.labels, pred)
             result.correct[variant.name] = pred == data.labels
     result.summary = summarise(result, options.seed)
+    if (seen := Seen.from_zip(zip_path)) is not None:
+        counts = result.summary["seen"] = seen.count(data.images)
+        if warning := seen_warning(counts):
+            result.summary["warnings"].append(warning)
     return result
 
 

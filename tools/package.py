@@ -19,6 +19,7 @@ import submission.model as runtime
 from tools.edge_cases import check_edge_cases
 from tools.equivalence import check_equivalence, import_runtime, member_name
 from tools.eval_data import EvalData, planned_selection_share, validation_data
+from tools.seen import SEEN_FILE, Seen, seen_by
 from tools.tta_select import CANDIDATE_VIEW_SETS, ZOOM_UNDO_RULES, TTAChoice, choose_tta, shifted_eval_sets
 from tools.validate import (
     CODABENCH_TIME_LIMIT_S,
@@ -108,8 +109,10 @@ def package(options: PackageOptions, progress=print) -> PackageReport:
                          "--tta-share 1 chooses on all of them")
     probe = probe_images(data, members, options.seed)
     tta, expected = fit_time_limit(tta, models, probe, options.batch_size)
+    seen, note = seen_by(members, data.data.images if data is not None else None)
+    tta.notes += [note] if note else []
     with tempfile.TemporaryDirectory(prefix="bcsub_pkg_") as tmp:
-        draft = write_draft(Path(tmp), members, tta, options.batch_size)
+        draft = write_draft(Path(tmp), members, tta, options.batch_size, seen)
         progress("validating the zip in a fresh process, then its model.py here")
         validation, compat = check_draft(draft, probe, expected, options.check_env, members)
         publish(draft, out)
@@ -236,11 +239,14 @@ def timed_predict(models: list, tta: TTAPlan, batch_size: int, probe: np.ndarray
     return labels, (time.perf_counter() - start) / len(probe)
 
 
-def write_draft(folder: Path, members: list[Member], tta: TTAPlan, batch_size: int) -> Path:
-    """Stage the zip's files in ``folder`` and zip them there (the draft is published only once valid)."""
+def write_draft(folder: Path, members: list[Member], tta: TTAPlan, batch_size: int, seen: Seen | None = None) -> Path:
+    """Stage the zip's files in ``folder`` and zip them there (the draft is published only once valid); ``seen``:
+    the images the zip has seen, for `bcsub local-score` (``tools/seen.py``)."""
     staging = folder / "staging"
     staging.mkdir()
     stage_files(staging, members, tta, batch_size)
+    if seen is not None:
+        seen.save(staging / SEEN_FILE)
     return write_zip(staging, folder / "submission.zip")
 
 

@@ -16,6 +16,7 @@ import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from tools.seen import FEW_SEEN_SHARE, seen_share
 from train.errors import BcsubError
 from train.runs import (
     CONFIG_FILE,
@@ -59,6 +60,7 @@ class RunRow:
     shift_mean_accuracy: float | None = None
     expected_hidden_accuracy: float | None = None
     hidden_calibrated: bool | None = None
+    scored_on_seen: bool | None = None  # the score's images include ones the zip trained or validated on
     notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
@@ -193,6 +195,9 @@ def _fill_scores(row: RunRow, member_dirs: list[Path], zips: list[Path]) -> None
     row.shift_mean_accuracy = summary.get("shift_mean_accuracy")
     row.expected_hidden_accuracy = summary.get("expected_hidden_accuracy")
     row.hidden_calibrated = summary.get("calibrated")
+    seen = summary.get("seen")
+    if isinstance(seen, dict) and {"images", "training", "validation"} <= seen.keys():
+        row.scored_on_seen = seen_share(seen) >= FEW_SEEN_SHARE
 
 
 def local_score_summary(json_path: Path, zip_path: Path) -> dict | None:
@@ -240,6 +245,8 @@ def runs_table(rows: list[RunRow]):
     notes = [f"{r.run}: {r.status}" for r in rows if r.status != "complete"]
     if any(r.hidden_calibrated is False for r in rows):
         notes.append("* expected hidden score not calibrated (local-score ran without the hidden suite)")
+    if any(r.scored_on_seen for r in rows):
+        notes.append("+ scored on images the zip trained or validated on: optimistic (score a held-out test split)")
     table = Table(title=f"{len(rows)} run(s)", caption="\n".join(notes) or None, caption_justify="left")
     for column in ("run", "backbone", "preset", "px", "epochs", "min", "val acc", "val F1", "members", "fold",
                    "clean", "shift", "hidden", "status"):
@@ -247,11 +254,12 @@ def runs_table(rows: list[RunRow]):
                          min_width=12 if column == "run" else None)
     for r in rows:
         hidden = _num(r.expected_hidden_accuracy) + ("*" if r.hidden_calibrated is False else "")
+        seen = "+" if r.scored_on_seen else ""
         status = "[green]ok[/]" if r.status == "complete" else "[yellow]incomplete[/]"
         table.add_row(r.run, r.backbone or "-", r.preset or "-", _num(r.image_size, "d"), _num(r.epochs, "d"),
                       _num(r.train_minutes, ".1f"), _num(r.val_accuracy), _num(r.val_macro_f1), _num(r.members, "d"),
-                      f"{r.fold} {r.split}" if r.fold else (r.split or "-"), _num(r.clean_accuracy),
-                      _num(r.shift_mean_accuracy), hidden, status)
+                      f"{r.fold} {r.split}" if r.fold else (r.split or "-"), _num(r.clean_accuracy) + seen,
+                      _num(r.shift_mean_accuracy), hidden + seen, status)
     return table
 
 

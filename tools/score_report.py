@@ -100,12 +100,15 @@ def write_report(data: Dataset, results, out_dir: str | Path, seed: int = 0) -> 
         f"<td><b>{_fmt(r.summary.get('expected_hidden_accuracy'))}</b> "
         f"({_fmt((r.summary.get('ci95') or [None])[0])}–{_fmt((r.summary.get('ci95') or [None, None])[1])})</td></tr>"
         for r in results)
+    advisories = "".join(f"<li>{html.escape(Path(r.zip_path).name)}: {html.escape(w)}</li>"
+                         for r in results for w in r.summary.get("warnings", []))
     figures = "".join(f"<h2>{title}</h2><img src='{name}' style='max-width:100%'>" for title, name in sections)
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>bcsub local score</title></head><body>"
             f"<h1>bcsub local score</h1><p>{len(data)} images from {html.escape(data.source)}</p>"
             f"<table border='1' cellpadding='4'><tr><th>submission</th><th>clean accuracy</th>"
             f"<th>mean over shifts</th><th>expected hidden score (95% CI)</th></tr>{rows}</table>"
-            f"{figures}</body></html>")
+            + (f"<h2>Advisories (still scored)</h2><ul>{advisories}</ul>" if advisories else "")
+            + f"{figures}</body></html>")
     return write_text(out / "index.html", page)
 
 

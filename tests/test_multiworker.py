@@ -144,6 +144,10 @@ def test_two_workers_train_a_killed_worker_fails_the_run_and_the_same_commands_r
     epochs = history_epochs(run / "history.csv")  # the chief's: each epoch once (or one lost by the kill)
     assert epochs == sorted(set(epochs)) and epochs[-1] == 3 and len(epochs) >= 3, epochs
     assert (run / "model.json").is_file() and not scratch.exists()
+    from train.devices import training_precision
+
+    precision = json.loads((run / "precision.json").read_text())  # both workers voted: the same machine, one policy
+    assert precision["agreed_by_workers"] is True and precision["policy"] == training_precision("auto")
     assert sorted(p.name for p in run.parent.iterdir()) == ["two-workers"]
     assert any((run / "tb" / "full" / "train").iterdir())
     packaged = run_cli(*PACKAGE.split()[1:], cwd=tmp_path)

@@ -154,6 +154,38 @@ def test_precision_choice_follows_the_devices_and_the_option(tmp_path):
         TrainConfig(data="d", out="o", backbone="tinycnn", precision="fp8")
 
 
+def test_the_workers_of_a_run_agree_on_one_precision(tmp_path, capsys):
+    """--multi-worker with --precision auto: each worker resolves auto on its own devices, then all train in the
+    one policy they all chose, else in float32 (a cluster mixing CPU families); recorded in precision.json."""
+    import json
+
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from train.devices import POLICIES, agreed_precision, training_precision
+    from train.fit import agree_across_workers, set_precision
+
+    def votes(*policies: str) -> np.ndarray:
+        return np.sum([np.eye(len(POLICIES))[POLICIES.index(p)] for p in policies], axis=0)
+
+    assert agreed_precision(votes("mixed_bfloat16", "mixed_bfloat16")) == "mixed_bfloat16"
+    assert agreed_precision(2 * votes("mixed_float16")) == "mixed_float16"  # two GPUs a worker: two votes each
+    assert agreed_precision(votes("mixed_bfloat16", "float32")) == "float32"
+    assert agreed_precision(votes("mixed_float16", "mixed_bfloat16", "mixed_bfloat16")) == "float32"
+    own = training_precision("auto")
+    # the real all-reduce, with this process as the only worker: its own choice stands
+    assert agree_across_workers(tf.distribute.get_strategy(), own) == own
+    set_precision("auto", tmp_path, agree=lambda policy: agreed_precision(votes(policy, "float32")))
+    assert keras.mixed_precision.global_policy().name == "float32"
+    recorded = json.loads((tmp_path / "precision.json").read_text())
+    assert recorded["policy"] == "float32" and recorded["agreed_by_workers"] is True
+    if own != "float32":  # a CPU with bfloat16 instructions (or a GPU) outvoted by a worker without
+        assert f"this one alone would train in {own}" in capsys.readouterr().out
+    set_precision("mixed_bfloat16", tmp_path, agree=lambda policy: "float32")  # a named policy is not put to a vote
+    assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
+
+
 def test_a_member_trained_in_bfloat16_is_shipped_in_float32(tmp_path):
     """--precision mixed_bfloat16 (1.2x as fast on an AMX CPU): the run trains, the saved weights are float32,
     the run records the policy it trained in, and `bcsub check` finds the shipped networks equal to the training

@@ -32,6 +32,18 @@ def cpu_has_bf16(flags: set[str] | None = None) -> bool:
     return bool((cpu_flags() if flags is None else flags) & set(BF16_CPU_FLAGS))
 
 
+# The policies --precision can resolve to, in the order of the workers' votes (``agreed_precision``).
+POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
+
+
+def agreed_precision(votes) -> str:
+    """The policy all workers of a multi-worker run train with, from the sum over the workers (or replicas) of each
+    one's one-hot vote over ``POLICIES``: the one they all chose, else float32, which every device computes the
+    same way (a cluster that mixes CPU families: ``auto`` is bfloat16 on some and float32 on others)."""
+    chosen = [policy for policy, count in zip(POLICIES, votes) if count > 0]
+    return chosen[0] if len(chosen) == 1 else "float32"
+
+
 def training_precision(choice: str, gpus: int | None = None, flags: set[str] | None = None) -> str:
     """The Keras dtype policy ``--precision choice`` trains with: auto is mixed_float16 on a GPU, mixed_bfloat16
     on a CPU with bfloat16 instructions (``cpu_has_bf16``: 1.2x as fast there, measured on an AMX Xeon and an

@@ -21,7 +21,7 @@ from train.backbones import build_pretrained_network, set_backbone_trainable, se
 from train.callbacks import AgreeToStop, LearningRateLog, PersistentCheckpoint, tensorboard_callbacks
 from train.config import TrainConfig
 from train.data import Dataset
-from train.devices import cpu_flags, cpu_has_bf16, gpu_count, training_precision
+from train.devices import POLICIES, agreed_precision, cpu_flags, cpu_has_bf16, gpu_count, training_precision
 from train.keras_internals import AtomicBackupAndRestore, ChiefRestore, fix_multi_worker_fit
 from train.multiworker import make_multi_worker_strategy, read_tf_config
 from train.pipeline import distributed_training_dataset, evaluation_dataset, prior_logit_offsets, training_dataset
@@ -82,7 +82,8 @@ class MemberFit:
         cfg = self.cfg
         self.strategy = make_strategy(cfg.multi_worker)  # first: multi-worker set-up must precede other TF work
         keras.utils.set_random_seed(self.seed)
-        set_precision(cfg.precision, self.out)
+        set_precision(cfg.precision, self.out,
+                      agree=functools.partial(agree_across_workers, self.strategy) if cfg.multi_worker else None)
         self.batch_size = cfg.batch_size * self.strategy.num_replicas_in_sync
         self.use_spec(cfg.model_spec(self.backbone))
 
@@ -248,12 +249,24 @@ def make_strategy(multi_worker: bool) -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
-def set_precision(choice: str, out: Path | None = None) -> None:
+def agree_across_workers(strategy: tf.distribute.Strategy, policy: str) -> str:
+    """The policy every worker trains with (``train/devices.agreed_precision``): one all-reduce of their votes."""
+    votes = strategy.reduce("SUM", tf.one_hot(POLICIES.index(policy), len(POLICIES)), axis=None)
+    return agreed_precision(np.asarray(votes))
+
+
+def set_precision(choice: str, out: Path | None = None, agree=None) -> None:
     """Set the global dtype policy ``--precision choice`` trains with (``train/devices.training_precision``) and
-    record it in ``precision.json`` in ``out``; ``finish`` sets float32 back before the network is saved."""
+    record it in ``precision.json`` in ``out``; ``finish`` sets float32 back before the network is saved.
+    ``agree(policy)``: a multi-worker run's agreement, for ``auto``, which each worker resolves on its own devices."""
     gpus, flags = gpu_count(), cpu_flags()  # asked once: TensorFlow's device list and /proc/cpuinfo
     bf16_cpu = cpu_has_bf16(flags)
-    policy = training_precision(choice, gpus, flags)
+    policy = own = training_precision(choice, gpus, flags)
+    if agree is not None and choice == "auto":
+        policy = agree(own)
+        if policy != own:
+            print(f"precision: {policy}, as every worker can (this one alone would train in {own}; "
+                  "--precision picks one for all)", flush=True)
     keras.mixed_precision.set_global_policy(policy)
     if policy == "mixed_bfloat16" and not gpus and not bf16_cpu:
         print("warning: --precision mixed_bfloat16 on a CPU without bfloat16 instructions (AMX or AVX512-BF16): "
@@ -263,7 +276,8 @@ def set_precision(choice: str, out: Path | None = None) -> None:
               "float32); the packaged network computes in float32", flush=True)
     if out is not None:
         write_json(out / PRECISION_FILE, {"choice": choice, "policy": policy, "gpus": gpus,
-                                          "cpu_bf16_instructions": bf16_cpu})
+                                          "cpu_bf16_instructions": bf16_cpu,
+                                          **({"agreed_by_workers": True} if agree is not None else {})})
 
 
 def compile_for(model: keras.Model, stage: Stage, cfg: TrainConfig, steps: int,

@@ -33,6 +33,8 @@ AUGMENT_PRESETS: dict[str, Preset] = {
                   "(bench/ablate_shift.py)", (*V3_PARTS, "erase")),
     "v3ef": Preset("v3e + in 15% of the images the values up to a random level mirrored: a solarised image as the "
                    "zip's tone repair hands it to the network (the CPU preset's)", (*V3_PARTS, "dark_fold", "erase")),
+    "v3f": Preset("v3 + the dark-range mirror of v3ef in 15% of the images, without erased rectangles: for a zip whose "
+                  "erased-box fill undoes cutout at test time", (*V3_PARTS, "dark_fold")),
     "v3efw": Preset("v3ef with wider zoom (x0.7-1.4) and shifts (+-15%): zoom is the calibrated shift's costliest "
                     "part once the zip repairs erased boxes and tone ops (bench/hidden_components.py)",
                     ("dihedral", "geometry_wide", *V3_PARTS[2:], "dark_fold", "erase")),

@@ -37,7 +37,14 @@ from train.config import TrainConfig  # noqa: E402
 from train.data import load_dataset  # noqa: E402
 from train.fit import MemberFit, plan_stages, run_stage  # noqa: E402
 from train.pipeline import prior_logit_offsets  # noqa: E402
-from train.runs import MemberResult, finish_run, read_metrics, write_ensemble  # noqa: E402
+from train.runs import (  # noqa: E402
+    MemberResult,
+    finish_run,
+    read_metrics,
+    read_val_probs,
+    write_ensemble,
+    write_validation,
+)
 
 RESULTS = ROOT / "bench" / "results" / "polish_side.json"
 DATA = ROOT.parent / "shared" / "data"
@@ -72,6 +79,8 @@ def polish_at(run: Path, side: int, out: Path) -> dict:
     keras.mixed_precision.set_global_policy("float32")
     spec = {**fit.spec, "logit_offsets": prior_logit_offsets(train.labels)}
     polished = finish_run(fit.model, spec, val, out / "polished", train_seconds=seconds)
+    pair = np.mean([read_val_probs(out / name) for name in ("unpolished", "polished")], axis=0)
+    write_validation(pair, val, out, seconds, f"{cfg.backbone} snapshot ensemble")  # a complete run dir
     write_ensemble(out, [MemberResult("unpolished", cfg.backbone, cfg.seed, read_metrics(out / "unpolished")),
                          MemberResult("polished", cfg.backbone, cfg.seed, polished)])
     return {"side": side, "out": str(out), "polish_seconds": round(seconds, 1),

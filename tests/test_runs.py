@@ -96,6 +96,27 @@ def test_a_score_on_images_the_zip_saw_is_marked(runs_folder, tmp_path):
     assert f"{row.clean_accuracy:.3f}+" in text and "+ scored on images the zip trained or validated on" in text
 
 
+def test_a_later_diagnostic_score_does_not_hide_the_calibrated_one(runs_folder, tmp_path):
+    import os
+
+    runs = tmp_path / "runs"
+    shutil.copytree(runs_folder / "tiny", runs / "tiny")
+    shutil.copyfile(runs_folder / "tiny.zip", runs / "tiny.zip")
+    score = json.loads((runs_folder / "tiny-score.json").read_text())
+    summary = score["submissions"][0]["summary"]
+    calibrated = {**summary, "clean_accuracy": 0.5, "expected_hidden_accuracy": 0.4, "calibrated": True}
+    diagnostic = {**summary, "clean_accuracy": None, "expected_hidden_accuracy": 0.9, "calibrated": False}
+    for name, (value, when) in {"a-hidden.json": (calibrated, 1000), "b-shift.json": (diagnostic, 2000)}.items():
+        score["submissions"][0]["summary"] = value
+        (runs / name).write_text(json.dumps(score))
+        os.utime(runs / name, (when, when))  # the diagnostic file is the newer one
+    [row] = collect_runs([runs])
+    assert row.score_file == str(runs / "a-hidden.json") and row.expected_hidden_accuracy == 0.4
+    (runs / "a-hidden.json").unlink()
+    [row] = collect_runs([runs])  # alone, the diagnostic score is shown (marked uncalibrated in the table)
+    assert row.score_file == str(runs / "b-shift.json") and row.hidden_calibrated is False
+
+
 def test_runs_cli_table_sort_and_json(runs_folder):
     table = run_cli("runs", str(runs_folder), "--sort", "acc")
     assert table.returncode == 0, table.stderr

@@ -189,7 +189,7 @@ def _fill_scores(row: RunRow, member_dirs: list[Path], zips: list[Path]) -> None
              for summary in [local_score_summary(path, zip_path)] if summary is not None]
     if not found:
         return
-    path, summary = max(found, key=lambda item: item[0].stat().st_mtime)
+    path, summary = max(found, key=lambda item: (score_rank(item[1]), item[0].stat().st_mtime))
     row.score_file = str(path)
     row.clean_accuracy = summary.get("clean_accuracy")
     row.shift_mean_accuracy = summary.get("shift_mean_accuracy")
@@ -198,6 +198,12 @@ def _fill_scores(row: RunRow, member_dirs: list[Path], zips: list[Path]) -> None
     seen = summary.get("seen")
     if isinstance(seen, dict) and {"images", "training", "validation"} <= seen.keys():
         row.scored_on_seen = seen_share(seen) >= FEW_SEEN_SHARE
+
+
+def score_rank(summary: dict) -> tuple[bool, bool]:
+    """Which local score of a zip a row shows: one with the calibrated expected hidden score and the clean
+    accuracy before a diagnostic one (e.g. `--suite corruptions,an2dl` written after it); then the newest."""
+    return summary.get("calibrated") is True, summary.get("clean_accuracy") is not None
 
 
 def local_score_summary(json_path: Path, zip_path: Path) -> dict | None:

@@ -184,6 +184,7 @@ def test_the_workers_of_a_run_agree_on_one_precision(tmp_path, capsys):
         assert f"this one alone would train in {own}" in capsys.readouterr().out
     set_precision("mixed_bfloat16", tmp_path, agree=lambda policy: "float32")  # a named policy is not put to a vote
     assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
+    assert "agreed_by_workers" not in json.loads((tmp_path / "precision.json").read_text())
 
 
 def test_a_member_trained_in_bfloat16_is_shipped_in_float32(tmp_path):

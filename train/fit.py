@@ -262,7 +262,8 @@ def set_precision(choice: str, out: Path | None = None, agree=None) -> None:
     gpus, flags = gpu_count(), cpu_flags()  # asked once: TensorFlow's device list and /proc/cpuinfo
     bf16_cpu = cpu_has_bf16(flags)
     policy = own = training_precision(choice, gpus, flags)
-    if agree is not None and choice == "auto":
+    voted = agree is not None and choice == "auto"
+    if voted:
         policy = agree(own)
         if policy != own:
             print(f"precision: {policy}, as every worker can (this one alone would train in {own}; "
@@ -277,7 +278,7 @@ def set_precision(choice: str, out: Path | None = None, agree=None) -> None:
     if out is not None:
         write_json(out / PRECISION_FILE, {"choice": choice, "policy": policy, "gpus": gpus,
                                           "cpu_bf16_instructions": bf16_cpu,
-                                          **({"agreed_by_workers": True} if agree is not None else {})})
+                                          **({"agreed_by_workers": True} if voted else {})})
 
 
 def compile_for(model: keras.Model, stage: Stage, cfg: TrainConfig, steps: int,

@@ -10,6 +10,7 @@ import numpy as np
 
 from tests.conftest import SAMPLE_TEST, run_cli
 from tools.harness import run_zip
+from train.splits import read_split
 
 
 def test_train_writes_a_complete_run(trained_run):
@@ -57,17 +58,30 @@ def test_zip_runs_like_codabench(packaged_zip, sample_test):
     assert result.predictions["all"].min() >= 0 and result.predictions["all"].max() <= 7
 
 
-def test_local_score_cli(packaged_zip, tmp_path):
+def test_local_score_cli(packaged_zip, trained_run, tmp_path):
+    """The sample's test images, plus 5 images the zip trained on and the validation images it chose on: scored,
+    and said to be seen (the record `package` wrote, ``tools/seen.py``) in the JSON, the console and the report."""
+    split = read_split(trained_run)
+    data = split.data.load()
+    pick = np.concatenate([split.train[:5], split.val])
+    with np.load(SAMPLE_TEST, allow_pickle=False) as test:
+        images, labels = np.concatenate([test["images"], data.images[pick]]), np.concatenate([test["labels"],
+                                                                                              data.labels[pick]])
+    np.savez(tmp_path / "mixed.npz", images=images, labels=labels)
     out_json = tmp_path / "score.json"
-    proc = run_cli("local-score", str(packaged_zip[0]), "--data", str(SAMPLE_TEST), "--severities", "3",
+    proc = run_cli("local-score", str(packaged_zip[0]), "--data", str(tmp_path / "mixed.npz"), "--severities", "3",
                    "--suite", "clean,corruptions,an2dl", "--json", str(out_json), "--report", str(tmp_path / "rep"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "expected hidden score" in proc.stdout
     report = json.loads(out_json.read_text())
     summary = report["submissions"][0]["summary"]
-    assert report["n_images"] == 80
+    n = 80 + len(pick)
+    assert report["n_images"] == n
     assert 0 <= summary["clean_accuracy"] <= 1 and summary["ci95"][0] <= summary["ci95"][1]
-    assert summary["seen"] == {"images": 80, "training": 0, "validation": 0}  # tools/seen.py: none seen, no advisory
+    assert summary["seen"] == {"images": n, "training": 5, "validation": len(split.val)}
+    advisory = f"5 of {n} scored images are images this zip trained on (and {len(split.val)} more it was validated on)"
+    assert any(w.startswith(advisory) for w in summary["warnings"])
+    assert advisory in " ".join(proc.stdout.split()) and advisory in (tmp_path / "rep" / "index.html").read_text()
     variants = report["submissions"][0]["variants"]
     assert "clean" in variants and "pixelate@3" in variants and any(k.startswith("an2dl@") for k in variants)
     assert (tmp_path / "rep" / "index.html").is_file()

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import zipfile
 
 import numpy as np
 
-from tests.conftest import SAMPLE_TEST, run_cli
-from tools.seen import SEEN_FILE, Seen, fingerprints, seen_by, seen_warning
+from tools.seen import Seen, fingerprints, seen_by, seen_warning
 from train.runs import find_members
 from train.splits import read_split
 
@@ -50,28 +48,13 @@ def test_a_gone_data_file_is_left_out_with_a_note(trained_run, tmp_path):
     assert seen is None and "moved.npz" in note
 
 
-def test_local_score_warns_when_it_scores_images_the_zip_saw(packaged_zip, trained_run, tmp_path):
-    zip_path = packaged_zip[0]
-    with zipfile.ZipFile(zip_path) as archive:
-        assert SEEN_FILE in archive.namelist()
+def test_package_writes_the_record(packaged_zip, trained_run):
+    """The zip holds what ``seen_by`` makes of its run (the TTA's images are the run's validation images); the
+    local score of it is asserted in tests/test_end_to_end.py."""
     split = read_split(find_members(trained_run)[0].run_dir)
-    data = split.data.load()
-    with np.load(SAMPLE_TEST, allow_pickle=False) as test:
-        unseen_images, unseen_labels = test["images"][:20], test["labels"][:20]
-    pick = np.concatenate([split.train[:5], split.val])
-    mixed = tmp_path / "mixed.npz"
-    np.savez(mixed, images=np.concatenate([data.images[pick], unseen_images]),
-             labels=np.concatenate([data.labels[pick], unseen_labels]))
-    out = tmp_path / "score.json"
-    proc = run_cli("local-score", str(zip_path), "--data", str(mixed), "--suite", "clean", "--json", str(out),
-                   "--report", str(tmp_path / "report"))
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    summary = json.loads(out.read_text())["submissions"][0]["summary"]
-    n = len(pick) + 20
-    assert summary["seen"] == {"images": n, "training": 5, "validation": len(split.val)}
-    assert seen_warning(summary["seen"]) in summary["warnings"]
-    assert f"5 of {n} scored images are images this zip trained on" in " ".join(proc.stdout.split())
-    assert f"5 of {n} scored images are images this zip trained on" in (tmp_path / "report" / "index.html").read_text()
+    seen = Seen.from_zip(packaged_zip[0])
+    assert np.array_equal(seen.training, np.unique(fingerprints(split.data.load().images[split.train])))
+    assert len(seen.validation) == len(split.val)
 
 
 def test_the_warning_names_what_was_seen():

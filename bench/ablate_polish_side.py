@@ -54,11 +54,10 @@ COPIED = ("config.json", "split.json", "precision.json")
 def polish_at(run: Path, side: int, out: Path) -> dict:
     """Train ``run``'s polish stage again at ``side`` from its unpolished weights into ``out``."""
     saved = json.loads((run / "config.json").read_text())
-    known = {f.name for f in fields(TrainConfig)}
-    cfg = TrainConfig(**{k: v for k, v in saved.items() if k in known})
     xla = json.loads((run / "xla.json").read_text())["xla"] if (run / "xla.json").is_file() else False
-    cfg = cfg.__class__(**{**cfg.to_json(), "image_size": side, "auto_image_size": False, "time_budget_minutes": 0,
-                           "xla": "on" if xla else "off", "out": str(out)})
+    known = {f.name for f in fields(TrainConfig)}
+    cfg = TrainConfig(**{**{k: v for k, v in saved.items() if k in known}, "image_size": side, "auto_image_size": False,
+                         "time_budget_minutes": 0, "xla": "on" if xla else "off", "out": str(out)})
     out.mkdir(parents=True, exist_ok=True)
     for name in COPIED:
         if (run / name).is_file():

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -255,7 +256,7 @@ def agree_across_workers(strategy: tf.distribute.Strategy, policy: str) -> str:
     return agreed_precision(np.asarray(votes))
 
 
-def set_precision(choice: str, out: Path | None = None, agree=None) -> None:
+def set_precision(choice: str, out: Path, agree: Callable[[str], str] | None = None) -> None:
     """Set the global dtype policy ``--precision choice`` trains with (``train/devices.training_precision``) and
     record it in ``precision.json`` in ``out``; ``finish`` sets float32 back before the network is saved.
     ``agree(policy)``: a multi-worker run's agreement, for ``auto``, which each worker resolves on its own devices."""
@@ -275,10 +276,8 @@ def set_precision(choice: str, out: Path | None = None, agree=None) -> None:
     elif choice == "auto" and policy == "mixed_bfloat16":
         print("precision: mixed_bfloat16 (this CPU has bfloat16 instructions; --precision float32 to train in "
               "float32); the packaged network computes in float32", flush=True)
-    if out is not None:
-        write_json(out / PRECISION_FILE, {"choice": choice, "policy": policy, "gpus": gpus,
-                                          "cpu_bf16_instructions": bf16_cpu,
-                                          **({"agreed_by_workers": True} if voted else {})})
+    record = {"choice": choice, "policy": policy, "gpus": gpus, "cpu_bf16_instructions": bf16_cpu}
+    write_json(out / PRECISION_FILE, {**record, "agreed_by_workers": True} if voted else record)
 
 
 def compile_for(model: keras.Model, stage: Stage, cfg: TrainConfig, steps: int,

@@ -102,3 +102,23 @@ def test_expected_hidden_score_is_the_calibrated_variant_and_never_a_silent_stan
     assert expected_hidden_score(correct, variants, seed=0)["expected_hidden_accuracy"] is None
     uncalibrated = expected_hidden_score({"clean": np.ones(5, bool)}, plan_variants(("clean",)), seed=0)
     assert uncalibrated["calibrated"] is False and uncalibrated["expected_hidden_accuracy"] == 1.0
+
+
+def test_a_zip_of_the_folder_fails_every_variant_and_says_how_to_zip_it(tmp_path):
+    """CodaBench imports model.py from the zip root; a zip of the folder fails there with "No module named
+    'model'". local-score fails the same way and adds the fix."""
+    import zipfile
+
+    from tests.conftest import SAMPLE_TEST
+    from tools.display import run_failures
+    from tools.local_score import ScoreOptions, local_score
+
+    zip_path = tmp_path / "folder.zip"
+    with zipfile.ZipFile(zip_path, "w") as archive:
+        archive.writestr("my_submission/model.py", "class Model:\n    def predict(self, X):\n        return X\n")
+    _, (result,) = local_score(ScoreOptions([str(zip_path)], str(SAMPLE_TEST), ("clean",), (1,), limit=8))
+    assert result.summary["variants_failed"] == {"clean": "import_error"} and not result.scores
+    lines = run_failures(result)
+    assert "No module named 'model'" in lines[0]
+    assert lines[1] == ("fix: model.py is in a folder (my_submission/model.py), where `from model import Model` "
+                        "cannot find it; zip the files, not their folder")

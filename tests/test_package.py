@@ -57,13 +57,32 @@ def test_imported_modules():
     assert imported_modules(source) == {"os", "numpy", "tensorflow", "train"}
 
 
-def test_nested_zip_fails_layout(tmp_path):
-    path = tmp_path / "nested.zip"
+@pytest.mark.parametrize("names, fix", [
+    (["submission/model.py", "submission/weights.keras"], "zip the files, not their folder"),
+    (["Model.py", "weights.keras"], "rename it model.py"),  # macOS forgives the case, CodaBench's Linux does not
+    (["weights.keras", "__MACOSX/model.py"], "add the model.py"),
+])
+def test_a_zip_without_model_py_at_its_root_fails_layout_with_the_fix(tmp_path, names, fix):
+    path = tmp_path / "bad.zip"
     with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr("submission/model.py", "x = 1\n")
+        for name in names:
+            archive.writestr(name, "x = 1\n")
     report = ValidationReport()
     assert not check_layout(path, report)
-    assert "zip the files, not their folder" in report.failures()[0].detail
+    assert [c.name for c in report.failures()] == ["layout"] and fix in report.failures()[0].detail
+
+
+def test_sub_folders_and_macos_metadata_beside_a_root_model_py_pass_layout(tmp_path):
+    """CodaBench unzips the whole archive (the 2023 template shipped a SavedModel folder beside model.py)."""
+    path = tmp_path / "mac.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        for name in ("model.py", "SubmissionModel/saved_model.pb", "SubmissionModel/variables/v.index",
+                     "__MACOSX/._model.py", ".DS_Store"):
+            archive.writestr(name, "x = 1\n")
+    report = ValidationReport()
+    assert check_layout(path, report)
+    detail = report.checks[0].detail
+    assert "beside it SubmissionModel/" in detail and "macOS metadata" in detail and "__MACOSX" not in detail
 
 
 def test_run_dirs_from_before_standardization_keep_their_scaling(tmp_path):

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import subprocess
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests.conftest import SAMPLE_TEST, run_cli
+from tools.harness import run_zip
 from tools.template_zip import template_model_py, write_template_zip, zip_submission
 from tools.validate import describe_failure, validate_zip
 
@@ -96,6 +98,37 @@ def test_raising_on_an_empty_batch_is_advisory(tmp_path, probe):
     report, _ = validate_zip(_numpy_zip(tmp_path, body), probe)
     assert report.ok, describe_failure(report, None)
     assert [c.name for c in report.warnings()] == ["n=0"] and "no images" in report.warnings()[0].detail
+
+
+SUB_FOLDER_MODEL = """import os
+
+import numpy as np
+
+
+class Model:
+    def __init__(self):
+        self.label = int(np.load(os.path.join(os.path.dirname(__file__), "params", "label.npy")))
+
+    def predict(self, X):
+        return np.full(len(X), self.label, dtype=np.int64)
+"""
+
+
+def test_a_zip_with_a_sub_folder_and_macos_metadata_runs_as_codabench_unzips_it(tmp_path, probe):
+    """model.py loads its file from a sub-folder; the zip was made by macOS "Compress" (__MACOSX/, .DS_Store)."""
+    label = tmp_path / "label.npy"
+    np.save(label, np.int64(5))
+    path = tmp_path / "mac.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("model.py", SUB_FOLDER_MODEL)
+        archive.write(label, "params/label.npy")
+        for junk in ("__MACOSX/._model.py", "__MACOSX/params/._label.npy", ".DS_Store"):
+            archive.writestr(junk, b"\x00\x05\x16\x07")
+    report, _ = validate_zip(path, probe)
+    assert report.ok, describe_failure(report, None)
+    assert "beside it params/" in report.checks[0].detail
+    labels = run_zip(path, {"probe": probe[:7]}).predictions["probe"]
+    assert labels.tolist() == [5] * 7
 
 
 def test_check_exit_code_follows_blocking_checks_only(tmp_path):

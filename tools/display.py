@@ -22,13 +22,17 @@ def _num(value: float | None, spec: str) -> str:
 def run_failures(result) -> list[str]:
     """What went wrong in one zip's run, one line per failed variant (one line when all failed alike)."""
     from tools.load_error import summarise_error
+    from tools.validate import layout_fix
 
     failed = result.run.failed_variants()
     if not failed:
         return []
     statuses = {result.run.variants[name]["status"] for name in failed}
     if len(failed) == len(result.run.variants) and len(set(failed.values())) == 1:
-        return [f"every variant: {statuses.pop()}: {summarise_error(next(iter(failed.values()))).cause}"]
+        status = statuses.pop()
+        fix = layout_fix(result.zip_path) if status == "import_error" else None
+        return [f"every variant: {status}: {summarise_error(next(iter(failed.values()))).cause}"] + (
+            [f"fix: {fix}"] if fix else [])
     return [f"{name}: {result.run.variants[name]['status']}: {summarise_error(error).cause}"
             for name, error in failed.items()]
 

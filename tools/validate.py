@@ -1,6 +1,6 @@
 """The checks a submission zip must pass (used by `bcsub package` and `bcsub check`), of two kinds.
 
-Blocking checks decide a CodaBench run: flat layout, ``import model``, ``Model()``, predict on a realistic
+Blocking checks decide a CodaBench run: model.py at the zip root, ``import model``, ``Model()``, predict on a realistic
 batch of real images (run as the ingestion runs it, from the submission folder), the output contract, and
 the projected time for 10,000 images against the limit; with ``--env``, the same run under the server's
 tensorflow 2.17 / keras 3.4.1 / numpy < 2. Advisory checks are good practice that CodaBench does not need:
@@ -89,20 +89,52 @@ def describe_failure(report: ValidationReport, compat: ValidationReport | None) 
     return None if failed is None else f"failed '{failed.name}'{where}: {failed.detail}"
 
 
+MACOS_METADATA = ("__MACOSX/", ".DS_Store")  # what macOS "Compress" adds: nothing reads it
+
+
 def check_layout(zip_path: Path, report: ValidationReport) -> bool:
+    """Blocking: ``model.py`` at the zip root, where the ingestion imports it from. Sub-folders beside it
+    pass: CodaBench unzips the whole archive as it is (``ZipFile.extractall``), as the 2023 AN2DL template's
+    ``SubmissionModel/`` folder did; macOS metadata (``__MACOSX/``, ``.DS_Store``) is named and left alone.
+    Advisory: the zip's size."""
     with zipfile.ZipFile(zip_path) as archive:
         names = archive.namelist()
+    ok = report.add("layout", *layout_verdict(names))
     report.zip_mb = zip_path.stat().st_size / 2**20
-    nested = [n for n in names if "/" in n.rstrip("/")]
-    ok = report.add("flat layout", not nested and "model.py" in names,
-                    "model.py and weight files at the zip root" if not nested and "model.py" in names else
-                    f"model.py must be at the zip root and nothing in sub-folders (found {nested[:3] or names[:3]}); "
-                    "zip the files, not their folder")
     report.add("zip size", report.zip_mb <= SIZE_WARNING_MB,
                f"{report.zip_mb:.1f} MB" + ("" if report.zip_mb <= SIZE_WARNING_MB else
                                             f" (over {SIZE_WARNING_MB} MB: uploads may fail; use fewer or "
                                             "smaller members)"), advisory=True)
     return ok
+
+
+def layout_fix(zip_path: str | Path) -> str | None:
+    """What to change in a zip whose ``model.py`` is not at its root (None when it is, or it is no zip)."""
+    try:
+        with zipfile.ZipFile(zip_path) as archive:
+            ok, detail = layout_verdict(archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return None
+    return None if ok else detail
+
+
+def layout_verdict(names: list[str]) -> tuple[bool, str]:
+    """Whether a zip's member ``names`` put ``model.py`` where the ingestion imports it from, and what they hold."""
+    content = [n for n in names if not any(mark in n for mark in MACOS_METADATA)]
+    if "model.py" in names:
+        folders = sorted({n.split("/")[0] + "/" for n in content if "/" in n.rstrip("/")})
+        beside = f"; beside it {', '.join(folders[:3])}{' ...' if len(folders) > 3 else ''}" if folders else ""
+        metadata = "; macOS metadata (harmless: nothing reads it)" if len(content) < len(names) else ""
+        return True, f"model.py at the zip root{beside}{metadata}"
+    misnamed = [n for n in content if n.lower() == "model.py"]
+    nested = [n for n in content if n.rsplit("/", 1)[-1] == "model.py"]
+    if misnamed:
+        return False, (f"the zip root has {misnamed[0]}, not model.py: CodaBench runs `from model import Model` "
+                       "on Linux, where file names are case-sensitive; rename it model.py")
+    if nested:
+        return False, (f"model.py is in a folder ({nested[0]}), where `from model import Model` cannot find it; "
+                       "zip the files, not their folder")
+    return False, f"no model.py in the zip (found {content[:3] or names[:3]}); add the model.py with class Model"
 
 
 def imported_modules(source: str) -> set[str]:

@@ -57,6 +57,22 @@ def test_imported_modules():
     assert imported_modules(source) == {"os", "numpy", "tensorflow", "train"}
 
 
+def test_packages_the_zip_holds_are_its_own_imports(tmp_path):
+    """A team's helper package named like bcsub's (tools/) is fine when the zip ships it: the ingestion puts
+    the zip root on sys.path. Without the folder, the import is bcsub's own: blocking."""
+    from tools.validate import check_imports
+
+    (tmp_path / "model.py").write_text("from tools.helpers import prepare\nimport mylib\nimport numpy\n")
+    report = ValidationReport()
+    assert not check_imports(tmp_path, report)
+    assert "['tools']" in report.failures()[0].detail and "mylib" in report.warnings()[0].detail
+    for package in ("tools", "mylib"):
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").write_text("")
+    report = ValidationReport()
+    assert check_imports(tmp_path, report) and not report.warnings()
+
+
 @pytest.mark.parametrize("names, fix", [
     (["submission/model.py", "submission/weights.keras"], "zip the files, not their folder"),
     (["Model.py", "weights.keras"], "rename it model.py"),  # macOS forgives the case, CodaBench's Linux does not

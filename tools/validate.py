@@ -150,12 +150,13 @@ def imported_modules(source: str) -> set[str]:
 
 def check_imports(program: Path, report: ValidationReport) -> bool:
     """bcsub's own packages are blocking (they import here only because bcsub is installed); other
-    packages are advisory (the server's set is unknown; ``--env`` runs without them)."""
+    packages are advisory (the server's set is unknown; ``--env`` runs without them). Modules and packages
+    (folders) the zip holds at its root are its own: the ingestion puts that root on ``sys.path``."""
     try:
         modules = imported_modules((program / "model.py").read_text()) - {"__future__"}
     except SyntaxError as err:
         return report.add("imports", False, f"model.py does not parse: {err}")
-    local = {path.stem for path in program.glob("*.py")}
+    local = {path.stem for path in program.glob("*.py")} | {path.name for path in program.iterdir() if path.is_dir()}
     project = sorted(modules & PROJECT_PACKAGES - local)
     report.add("imports", not project, "no bcsub package" if not project else
                f"model.py imports {project}, which exist here only because bcsub is installed; keep it "

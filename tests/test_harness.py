@@ -131,6 +131,18 @@ def test_working_directory_is_the_submission_folder(tmp_path):
     assert result.predictions["x"].tolist() == [6, 6, 6, 6]
 
 
+def test_a_zip_imports_its_own_modules_and_packages_even_where_bcsub_has_the_same_names(tmp_path):
+    """On CodaBench nothing of bcsub is installed: a team's validate.py, contract.py or tools/ is what
+    `import` finds. The replica must not hand the zip bcsub's modules of those names instead."""
+    own = ("import numpy as np\nfrom validate import A\nfrom contract import B\nfrom tools.helpers import C\n"
+           "class Model:\n    def predict(self, X):\n        return np.full(len(X), A + B + C)\n")
+    files = {"validate.py": b"A = 1\n", "contract.py": b"B = 2\n", "tools/__init__.py": b"",
+             "tools/helpers.py": b"C = 4\n"}
+    result = run_zip(_zip(tmp_path, own, files), {"x": X})
+    assert result.ok, result.error
+    assert result.predictions["x"].tolist() == [7, 7, 7, 7]
+
+
 def test_column_of_float_labels_is_scored_with_a_warning(tmp_path):
     column = "import numpy as np\nclass Model:\n    def predict(self, X):\n        return np.ones((len(X), 1))\n"
     result = run_zip(_zip(tmp_path, column), {"x": X})

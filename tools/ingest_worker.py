@@ -134,5 +134,13 @@ def _save_output(y, path: str, record: dict) -> None:
                                   f"({type(err).__name__}: {err}); return a numpy array of integer labels")
 
 
+def _forget_own_folder() -> None:
+    """Python put this script's folder (bcsub's ``tools/``) first on ``sys.path``; the ingestion's own folder
+    holds nothing a submission imports, so a zip's ``validate.py`` or ``display.py`` must not meet bcsub's."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
+
+
 if __name__ == "__main__":
+    _forget_own_folder()
     sys.exit(main(*sys.argv[1:4]))

@@ -3,8 +3,9 @@ TTA and member weights chosen on the runs' recorded validation split), then `bcs
 (where choices are made) and on pbc96_test (the final report): what a user gains by spending two or three
 30-minute CPU budgets instead of one.
 
-Usage: ``python bench/bench_run_ensemble.py NAME RUN_DIR [RUN_DIR ...]``. Writes bench/results/ensemble_NAME.json
-(zip at bench/runs/NAME.zip, scores next to it; existing ones are reused, BENCH_REPACKAGE=1 redoes them).
+Usage: ``python bench/ensemble_runs.py NAME RUN_DIR [RUN_DIR ...]`` (not part of `make bench`, which runs
+bench/bench_*.py: this one needs finished run dirs). Writes bench/results/ensemble_NAME.json (zip at
+bench/runs/NAME.zip, scores next to it; existing ones are reused, BENCH_REPACKAGE=1 redoes them).
 Needs ../shared/data (skips otherwise).
 """
 

@@ -135,10 +135,11 @@ def _save_output(y, path: str, record: dict) -> None:
 
 
 def _forget_own_folder() -> None:
-    """Python put this script's folder (bcsub's ``tools/``) first on ``sys.path``; the ingestion's own folder
-    holds nothing a submission imports, so a zip's ``validate.py`` or ``display.py`` must not meet bcsub's."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
+    """Python put this script's folder (bcsub's ``tools/``) first on ``sys.path``. On CodaBench that place holds
+    AN2DL's ingestion program, none of bcsub's modules: a zip's own ``validate.py`` or ``display.py`` must not
+    meet bcsub's modules of those names here either."""
+    here = os.path.realpath(os.path.dirname(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.curdir) != here]
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from submission import model as runtime
 from tests.conftest import SAMPLE_TRAIN
 from tools.package import resolve_views
 from tools.tta_select import choose_tta
-from tools.validate import ValidationReport, check_layout, imported_modules
+from tools.validate import ValidationReport, check_layout, imported_modules, layout_verdict
 from train.errors import BcsubError
 
 
@@ -99,6 +99,7 @@ def test_sub_folders_and_macos_metadata_beside_a_root_model_py_pass_layout(tmp_p
     assert check_layout(path, report)
     detail = report.checks[0].detail
     assert "beside it SubmissionModel/" in detail and "macOS metadata" in detail and "__MACOSX" not in detail
+    assert layout_verdict(["./model.py", "./weights.keras"]) == (True, "model.py at the zip root")
 
 
 def test_run_dirs_from_before_standardization_keep_their_scaling(tmp_path):

@@ -119,7 +119,9 @@ def layout_fix(zip_path: str | Path) -> str | None:
 
 
 def layout_verdict(names: list[str]) -> tuple[bool, str]:
-    """Whether a zip's member ``names`` put ``model.py`` where the ingestion imports it from, and what they hold."""
+    """Whether a zip's member ``names`` put ``model.py`` where the ingestion imports it from, and what they hold
+    (a leading ``./`` is the root: ``extractall`` writes ``./model.py`` as ``model.py``)."""
+    names = [name.removeprefix("./") for name in names]
     content = [n for n in names if not any(mark in n for mark in MACOS_METADATA)]
     if "model.py" in names:
         folders = sorted({n.split("/")[0] + "/" for n in content if "/" in n.rstrip("/")})

@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_train_cpu import DATA, bcsub, summary_of  # noqa: E402
+from bench.bench_train_cpu import DATA, bcsub, member_dirs, read_each, summary_of  # noqa: E402
 from bench.machine import describe  # noqa: E402
 from train.atomic import write_json  # noqa: E402
 
@@ -28,20 +28,22 @@ SCORE_KEYS = ("clean_accuracy", "clean_macro_f1", "expected_hidden_accuracy", "c
               "projected_seconds_10000_images", "seen")
 
 
-def _json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
 def run_facts(run: Path) -> dict:
-    """What a member run was: its recipe choices, the epochs its plan ran, its training time."""
+    """What a run was: its recipe choices, the epochs its plan ran, its training time (per member for --members K;
+    the side and precision of its first member)."""
     config = json.loads((run / "config.json").read_text())
-    plan, side, metrics = _json(run / "plan.json"), _json(run / "side.json"), _json(run / "metrics.json")
+    members = member_dirs(run)
+    plans, metrics = read_each(members, "plan.json"), read_each(members, "metrics.json")
+    side, precision = (read_each(members[:1], name) or [{}] for name in ("side.json", "precision.json"))
+    epochs = [{s["name"]: s["done"] for s in plan.get("stages", [])} for plan in plans]
+    accuracies = [m.get("accuracy") for m in metrics]
     return {"run": str(run.relative_to(ROOT)) if run.is_relative_to(ROOT) else str(run),
             **{k: config.get(k) for k in ("augment", "seed")},
-            "precision": _json(run / "precision.json").get("policy", config.get("precision")),
-            "image_size": side.get("image_size", config.get("image_size")),
-            "epochs": {s["name"]: s["done"] for s in plan.get("stages", [])},
-            "train_min": round(metrics.get("train_seconds", 0) / 60, 1), "val_accuracy": metrics.get("accuracy")}
+            "precision": precision[0].get("policy", config.get("precision")),
+            "image_size": side[0].get("image_size", config.get("image_size")),
+            "epochs": epochs[0] if len(epochs) == 1 else epochs,
+            "train_min": round(sum(m.get("train_seconds", 0) for m in metrics) / 60, 1),
+            "val_accuracy": accuracies[0] if len(accuracies) == 1 else accuracies}
 
 
 def scored(zip_path: Path, split: str) -> tuple[dict, float | None]:

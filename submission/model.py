@@ -63,15 +63,19 @@ def _residual_block(x, filters: int, stride: int):
     return layers.Activation("relu")(layers.Add()([y, shortcut]))
 
 
-def _small_resnet(input_shape: tuple[int, int, int], widths: tuple[int, ...]) -> keras.Model:
+def _small_resnet(input_shape: tuple[int, int, int], widths: tuple[int, ...],
+                  depths: tuple[int, ...] | None = None) -> keras.Model:
     """A compact ResNet for training from scratch on CPU (``resnet-small`` is about 1.2M weights).
 
-    The stride-2 stem keeps it cheap (about 60M multiply-adds at 64 px), so 8-view TTA stays fast on CPU.
+    ``depths``: residual blocks per stage (default one each); the first block of every stage but the first
+    halves the side. The stride-2 stem keeps it cheap (about 60M multiply-adds at 64 px), so 8-view TTA
+    stays fast on CPU.
     """
     inputs = keras.Input(input_shape)
     x = _conv_bn(inputs, widths[0], stride=2)
-    for i, filters in enumerate(widths):
-        x = _residual_block(x, filters, stride=1 if i == 0 else 2)
+    for i, (filters, depth) in enumerate(zip(widths, depths or (1,) * len(widths))):
+        for j in range(depth):
+            x = _residual_block(x, filters, stride=2 if i > 0 and j == 0 else 1)
     return keras.Model(inputs, x, name="backbone")
 
 
@@ -145,9 +149,11 @@ class Backbone(tuple):
     application = property(lambda self: self[3])
 
 
-def _scratch(widths: tuple[int, ...], input_size: int) -> Backbone:
-    """A compact ResNet with these stage widths, trained from scratch on standardised pixels."""
-    return Backbone(lambda input_shape, weights: _small_resnet(input_shape, widths), "standardize", input_size)
+def _scratch(widths: tuple[int, ...], input_size: int, depths: tuple[int, ...] | None = None) -> Backbone:
+    """A compact ResNet with these stage widths (and blocks per stage), trained from scratch on standardised
+    pixels."""
+    return Backbone(lambda input_shape, weights: _small_resnet(input_shape, widths, depths), "standardize",
+                    input_size)
 
 
 def _application(constructor: str, preprocessing: str = "raw") -> Backbone:
@@ -164,6 +170,9 @@ def _application(constructor: str, preprocessing: str = "raw") -> Backbone:
 BACKBONES: dict[str, Backbone] = {
     "tinycnn": _scratch((8, 16, 32), 48),
     "resnet-small": _scratch((32, 64, 128, 256), 64),
+    # Two blocks in each of the last two stages (about 2.7M weights): in the CPU recipe a third slower per epoch
+    # than resnet-small, and worse within the same 30 minutes (README, Benchmarks).
+    "resnet-small-deep": _scratch((32, 64, 128, 256), 64, depths=(1, 1, 2, 2)),
     "mobilenetv3small": _application("MobileNetV3Small"),
     "mobilenetv3large": _application("MobileNetV3Large"),
     "efficientnetb0": _application("EfficientNetB0"),

@@ -185,3 +185,15 @@ def test_logit_offsets_shift_the_posterior_by_the_class_prior():
     x = _images(5).astype(np.float32)
     p = plain.predict(x, verbose=0) * np.exp(offsets)
     assert np.allclose(shifted.predict(x, verbose=0), p / p.sum(axis=1, keepdims=True), atol=1e-5)
+
+
+def test_scratch_resnet_depths():
+    """resnet-small keeps the weight layout its shipped zips were saved with; resnet-small-deep adds a block to
+    each of the last two stages, with the same output grid."""
+    small = runtime.build_backbone("resnet-small", (56, 56, 3), None)
+    deep = runtime.build_backbone("resnet-small-deep", (56, 56, 3), None)
+    adds = [sum(layer.__class__.__name__ == "Add" for layer in net.layers) for net in (small, deep)]
+    assert adds == [4, 6]
+    assert small.count_params() == 1_229_280 and len(small.get_weights()) == 60
+    assert deep.output.shape == small.output.shape == (None, 4, 4, 256)
+    assert deep.count_params() == 2_706_912

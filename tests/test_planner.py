@@ -18,6 +18,7 @@ from train.planner import (
     FINISH_FIXED_S,
     MAX_PACKAGE_SHARE,
     MIN_SELECTION_SHARE,
+    MIXED_PRECISION_PASS_FACTOR,
     PACKAGE_PASSES_PER_NETWORK,
     REPLAN_CHANGE,
     SELECTION_PASSES_PER_NETWORK,
@@ -404,6 +405,25 @@ def test_the_side_probe_keeps_the_packaging_time_a_validation_pass_implies():
     assert fits(None) == 50 and 39 <= fits(1.23) <= 40
 
 
+def test_mixed_precision_passes_keep_what_float32_packaging_takes():
+    """Seen with --preset cpu in bfloat16 (bench/results/train_epyc_s2.json): its validation passes (0.544 s) sized a
+    249 s reserve, but finishing the run and packaging, which computes in float32, took 290 s, and the run ended 32 s
+    past its 30 minutes. A mixed-precision run's passes count MIXED_PRECISION_PASS_FACTOR more, the side probe's too."""
+    from train.side import choose_side
+
+    def planner(pass_factor: float) -> BudgetPlanner:
+        return BudgetPlanner.for_stages(1797, [("full", 70), ("polish", 8)], clock=FakeClock(), package_members=2,
+                                        pass_factor=pass_factor)
+
+    float32, mixed = planner(1.0), planner(MIXED_PRECISION_PASS_FACTOR)
+    for plan in (float32, mixed):
+        plan.validation_pass_timed(0.544)
+    assert float32.reserve_s == pytest.approx(248.6, abs=0.5) and mixed.reserve_s >= 290.0
+    assert mixed.to_json()["pass_factor"] == MIXED_PRECISION_PASS_FACTOR
+    fits = [choose_side(planner(f), 72, 21.0, 0.544)["fits_epochs"] for f in (1.0, MIXED_PRECISION_PASS_FACTOR)]
+    assert fits[1] < fits[0]
+
+
 def test_auto_image_size_is_the_cpu_presets_unless_a_side_is_asked_for():
     from train.config import TrainConfig
     from train.side import auto_side_applies
@@ -433,6 +453,8 @@ def test_a_run_whose_budget_fits_few_epochs_trains_and_ships_the_smaller_side(tm
     assert proc.returncode == 0, proc.stdout + proc.stderr
     side = json.loads((out / "side.json").read_text())
     assert side["probed_side"] == 64 and side["image_size"] == 56 and side["validation_pass_s"] > 0
+    mixed = json.loads((out / "precision.json").read_text())["policy"].startswith("mixed")
+    assert json.loads((out / "plan.json").read_text())["pass_factor"] == (MIXED_PRECISION_PASS_FACTOR if mixed else 1.0)
     assert json.loads((out / "model.json").read_text())["image_size"] == 56
     assert "training at 56 px instead" in proc.stdout
     xla = json.loads((out / "xla.json").read_text())  # a stage this long on the CPU probes --xla auto first

@@ -26,7 +26,14 @@ from train.devices import POLICIES, agreed_precision, cpu_flags, cpu_has_bf16, g
 from train.keras_internals import AtomicBackupAndRestore, ChiefRestore, fix_multi_worker_fit
 from train.multiworker import make_multi_worker_strategy, read_tf_config
 from train.pipeline import distributed_training_dataset, evaluation_dataset, prior_logit_offsets, training_dataset
-from train.planner import PLAN_FILE, BudgetPlanner, FollowPlan, PlannedCosineDecay, probe_seconds_per_epoch
+from train.planner import (
+    MIXED_PRECISION_PASS_FACTOR,
+    PLAN_FILE,
+    BudgetPlanner,
+    FollowPlan,
+    PlannedCosineDecay,
+    probe_seconds_per_epoch,
+)
 from train.runs import (
     HISTORY_FILE,
     SIDE_FILE,
@@ -168,8 +175,10 @@ class MemberFit:
         planner = None
         if self.budget_s:  # first: the probes count in the budget
             ships = 2 if self.cfg.snapshot_ensemble and any(s.name == "polish" for s in stages) else 1
+            mixed = keras.mixed_precision.global_policy().name.startswith("mixed")
             planner = BudgetPlanner.for_stages(self.budget_s, [(s.name, s.epochs) for s in stages],
-                                               self.out / PLAN_FILE, package_members=ships)
+                                               self.out / PLAN_FILE, package_members=ships,
+                                               pass_factor=MIXED_PRECISION_PASS_FACTOR if mixed else 1.0)
         xla_choice = self.fit_xla_to_machine(stages[0])
         if planner is not None:
             self.fit_side_to_budget(planner, stages[0], xla_choice)

@@ -45,6 +45,13 @@ CHECK_PASSES_PER_NETWORK = 14.0  # the zip's checks
 ZOOM_FIT_PASSES = 57.0  # once per package, whatever the number of networks; scales with the selection share
 PACKAGE_PASSES_PER_NETWORK = SELECTION_PASSES_PER_NETWORK + CHECK_PASSES_PER_NETWORK
 FINISH_FIXED_S = 45.0
+# Packaging computes in float32 (the zip's numbers), so a run that trains in mixed precision times validation
+# passes that are faster than packaging's. Measured with `--preset cpu` in bfloat16 on a 2-core AMD EPYC
+# (bench/results/train_epyc_bf16.json, train_epyc_v3f.json, train_epyc_s2.json): finishing and packaging took
+# 1.12-1.17x the reserve sized from its passes, and the run whose budget was tight ended 32 s past its 30 minutes;
+# the float32 run on that machine (train_epyc_f32.json) used 0.75x its reserve. Mixed-precision passes count this
+# much more.
+MIXED_PRECISION_PASS_FACTOR = 1.25
 MIN_RESERVE_S = FINISH_FIXED_S  # kept before a validation pass has been timed
 # Packaging may take at most this share of the budget: on a machine slow enough for it to take more (seen: 5 s
 # per validation pass, 22 of 30 minutes for a snapshot pair), the TTA is chosen on a share of the validation
@@ -138,6 +145,7 @@ class BudgetPlanner:
     once_s: float = 0.0  # the part of reserve_s that packaging spends once, whatever the members (the zoom fit)
     package_members: int = 1  # networks this member ships (2 for a snapshot pair): packaging scales with it
     selection_share: float = 1.0  # of the validation images `bcsub package` chooses the TTA on
+    pass_factor: float = 1.0  # packaging's pass per timed validation pass (MIXED_PRECISION_PASS_FACTOR when mixed)
     path: Path | None = None
     history: list[dict] = field(default_factory=list)
     validation_passes: list[float] = field(default_factory=list)  # this process's timed passes, every stage
@@ -149,10 +157,12 @@ class BudgetPlanner:
 
     @classmethod
     def for_stages(cls, budget_s: float, stages: list[tuple[str, int]], path: Path | None = None,
-                   clock: Callable[[], float] = time.monotonic, package_members: int = 1) -> BudgetPlanner:
+                   clock: Callable[[], float] = time.monotonic, package_members: int = 1,
+                   pass_factor: float = 1.0) -> BudgetPlanner:
         """A planner for (name, max epochs) stages; every stage (polish too) keeps at least one epoch."""
         plans = [StagePlan(name, epochs, minimum=1) for name, epochs in stages]
-        planner = cls(budget_s, plans, clock=clock, path=path, package_members=package_members)
+        planner = cls(budget_s, plans, clock=clock, path=path, package_members=package_members,
+                      pass_factor=pass_factor)
         planner._restore()
         return planner
 
@@ -210,8 +220,9 @@ class BudgetPlanner:
         return True
 
     def validation_pass_timed(self, seconds: float) -> bool:
-        """Size the packaging reserve (and the TTA selection share) from one validation pass's time; re-plan
-        when the reserve moves by more than ``REPLAN_CHANGE``."""
+        """Size the packaging reserve (and the TTA selection share) from one validation pass's time (times
+        ``pass_factor``); re-plan when the reserve moves by more than ``REPLAN_CHANGE``."""
+        seconds *= self.pass_factor
         self.selection_share = tta_selection_share(seconds, self.package_members, self.budget_s)
         return self.set_reserve(package_seconds(seconds, self.package_members, self.selection_share),
                                 package_once_seconds(seconds, self.selection_share))
@@ -243,7 +254,8 @@ class BudgetPlanner:
         it the probe saw 49 epochs where the run then planned 40)."""
         first = self.stages[0]
         scratch = BudgetPlanner.for_stages(self.left_s(), [(s.name, s.max_epochs) for s in self.stages],
-                                           clock=self.clock, package_members=self.package_members)
+                                           clock=self.clock, package_members=self.package_members,
+                                           pass_factor=self.pass_factor)
         scratch.reserve_s = self.reserve_s
         if validation_s is not None:
             scratch.validation_pass_timed(validation_s)
@@ -258,7 +270,7 @@ class BudgetPlanner:
     def to_json(self) -> dict:
         return {"budget_s": self.budget_s, "used_s": round(self.clock() - self.start, 1),
                 "reserve_s": round(self.reserve_s, 1), "package_once_s": round(self.once_s, 1),
-                "tta_selection_share": self.selection_share,
+                "tta_selection_share": self.selection_share, "pass_factor": self.pass_factor,
                 "stages": [{"name": s.name, "max_epochs": s.max_epochs, "planned": s.planned, "done": s.done,
                             "finished": s.finished, "seconds_per_epoch": s.seconds_per_epoch}
                            for s in self.stages],

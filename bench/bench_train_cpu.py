@@ -51,6 +51,11 @@ def read_each(members: list[Path], name: str) -> list[dict]:
     return [json.loads((m / name).read_text()) for m in members if (m / name).is_file()]
 
 
+def one_or_all(values: list):
+    """A one-member run's value itself, else the list of every member's."""
+    return values[0] if len(values) == 1 else values
+
+
 def main() -> None:
     if not (DATA / "pbc96_train.npz").is_file():
         print(f"skip: {DATA} not found")
@@ -85,9 +90,9 @@ def main() -> None:
     result = {
         "device": describe(),
         "config": json.loads((out / "config.json").read_text()),
-        "plan": plans[0] if len(plans) == 1 else plans or None,
+        "plan": one_or_all(plans) or None,
         "train_wall_s": train_s, "package_wall_s": package_s, "train_and_package_min": total_s and total_s / 60,
-        "val_accuracy": accuracies[0] if len(accuracies) == 1 else accuracies,
+        "val_accuracy": one_or_all(accuracies),
         "test_accuracy_tta": hidden["clean_accuracy"], "test_macro_f1": hidden["clean_macro_f1"],
         "expected_hidden": hidden.get("expected_hidden_accuracy"), "ci95": hidden.get("ci95"),
         "hidden_levels": hidden.get("suite_mean_accuracy"), "calibration_mae": hidden.get("calibration_mae"),

@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_train_cpu import DATA, bcsub, member_dirs, read_each, summary_of  # noqa: E402
+from bench.bench_train_cpu import DATA, bcsub, member_dirs, one_or_all, read_each, summary_of  # noqa: E402
 from bench.machine import describe  # noqa: E402
 from train.atomic import write_json  # noqa: E402
 
@@ -41,9 +41,9 @@ def run_facts(run: Path) -> dict:
             **{k: config.get(k) for k in ("augment", "seed")},
             "precision": precision[0].get("policy", config.get("precision")),
             "image_size": side[0].get("image_size", config.get("image_size")),
-            "epochs": epochs[0] if len(epochs) == 1 else epochs,
+            "epochs": one_or_all(epochs),
             "train_min": round(sum(m.get("train_seconds", 0) for m in metrics) / 60, 1),
-            "val_accuracy": accuracies[0] if len(accuracies) == 1 else accuracies}
+            "val_accuracy": one_or_all(accuracies)}
 
 
 def scored(zip_path: Path, split: str) -> tuple[dict, float | None]:
